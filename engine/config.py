@@ -1,0 +1,54 @@
+"""Engine settings (one frozen dataclass; the CLI and the CRD map onto these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one engine replica."""
+
+    model: str
+    """An HF folder (config.json + *.safetensors + tokenizer.json) or a .gguf file."""
+    served_model_name: str | None = None
+    """Name in the OpenAI API; defaults to the model folder or file name."""
+    device: str = "auto"
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    dtype: str = "auto"
+    """``float32``, ``float16``, ``bfloat16`` or ``auto`` (fp32 on CPU, bf16 on GPU)."""
+    block_size: int = 16
+    """Tokens per KV block."""
+    num_kv_blocks: int | None = None
+    """KV pool size in blocks; None derives it from ``kv_cache_memory_gb``."""
+    kv_cache_memory_gb: float = 1.0
+    """Memory for the KV pool when ``num_kv_blocks`` is not given."""
+    max_num_batched_tokens: int = 1024
+    """Token budget of one step (Dynamic SplitFuse): decodes first, prompt chunks fill the rest."""
+    max_num_seqs: int = 128
+    """Most sequences running at once."""
+    max_model_len: int | None = None
+    """Longest prompt + output; defaults to the model's context length."""
+    enable_prefix_caching: bool = True
+    kernels: str | None = None
+    """Kernel backend name (``torch``/``triton``); None picks by device (env ``SHOAL_KERNELS`` overrides)."""
+    seed: int = 0
+    """Seed of the engine's default generator (requests without their own seed)."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; None keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 1, got {self.block_size}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.kv_cache_memory_gb <= 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

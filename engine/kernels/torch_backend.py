@@ -1,0 +1,115 @@
+"""Torch reference kernels: the CPU path and the oracle every Triton kernel is tested against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shoal.engine.kernels.backend import KernelBackend
+
+
+class TorchBackend(KernelBackend):
+    name = "torch"
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return (x32 * weight.float()).to(x.dtype)
+
+    def fused_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = x + residual
+        return self.rms_norm(residual, weight, eps), residual
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)  # [T, D/2] each
+        cos = cos.unsqueeze(1)
+        sin = sin.unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def store_kv(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        keep = slot_mapping >= 0
+        if not bool(keep.all()):
+            k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+    def paged_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        cu_seqlens_q: torch.Tensor,
+        context_lens: torch.Tensor,
+        scale: float,
+        max_q_len: int,
+        max_context_len: int,
+    ) -> torch.Tensor:
+        """Gathers each sequence's K/V into a padded batch and runs one masked SDPA.
+
+        Padding is masked out, so the result equals per-sequence attention; one batched
+        call keeps the CPU path fast for decode-heavy batches.
+        """
+        num_seqs = context_lens.shape[0]
+        total_tokens, num_q_heads, head_dim = q.shape
+        block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+        device = q.device
+        cu = cu_seqlens_q.to(torch.long)
+        q_lens = cu[1:] - cu[:-1]
+        ctx = context_lens.to(torch.long)
+
+        # Slots of every sequence's first max_context_len positions: [B, L]
+        pos = torch.arange(max_context_len, device=device)
+        blocks = block_tables.to(torch.long).gather(
+            1, (pos // block_size).clamp(max=block_tables.shape[1] - 1).expand(num_seqs, -1)
+        )
+        slots = blocks * block_size + pos % block_size
+        key_valid = pos.unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
+        slots = torch.where(key_valid, slots, torch.zeros_like(slots))
+        flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+        flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+        keys = flat_k[slots].transpose(1, 2)  # [B, Hk, L, D]
+        values = flat_v[slots].transpose(1, 2)
+
+        # Queries scattered into [B, Hq, Qmax, D]
+        seq_of_token = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens, output_size=total_tokens)
+        idx_in_seq = torch.arange(total_tokens, device=device) - cu[seq_of_token]
+        padded_q = q.new_zeros(num_seqs, max_q_len, num_q_heads, head_dim)
+        padded_q[seq_of_token, idx_in_seq] = q
+        padded_q = padded_q.transpose(1, 2)
+
+        # Causal mask with each query's absolute position: ctx - q_len + i
+        q_pos = (ctx - q_lens).unsqueeze(1) + torch.arange(max_q_len, device=device).unsqueeze(0)  # [B, Qmax]
+        mask = (pos.view(1, 1, -1) <= q_pos.unsqueeze(2)) & key_valid.unsqueeze(1)  # [B, Qmax, L]
+        out = F.scaled_dot_product_attention(
+            padded_q,
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=mask.unsqueeze(1),
+            scale=scale,
+            enable_gqa=num_q_heads != num_kv_heads,
+        )  # [B, Hq, Qmax, D]
+        return out.transpose(1, 2)[seq_of_token, idx_in_seq]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x32 = x.float()
+    half = x.shape[-1] // 2
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
