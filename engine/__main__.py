@@ -1,0 +1,38 @@
+"""``python -m shoal.engine {generate,serve}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shoal.engine.cli_args import add_engine_args, engine_config_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shoal.engine", description="Shoal inference engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="offline generation on a model")
+    add_engine_args(generate)
+    from shoal.engine.generate_cli import add_generate_args, run_generate
+
+    add_generate_args(generate)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    add_engine_args(serve)
+    from shoal.engine.server.cli import add_server_args, run_server
+
+    add_server_args(serve)
+
+    args = parser.parse_args(argv)
+    try:
+        config = engine_config_from_args(args)
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if args.command == "generate":
+        return run_generate(args, config)
+    return run_server(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
