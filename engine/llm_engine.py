@@ -1,0 +1,240 @@
+"""The engine loop: ``step()`` = schedule -> run the model -> postprocess."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+from shoal.engine.block_manager import BlockManager
+from shoal.engine.config import EngineConfig
+from shoal.engine.errors import DuplicateRequestError, PromptTooLongError
+from shoal.engine.model_runner import ModelRunner, SampleRequest
+from shoal.engine.outputs import RequestOutput
+from shoal.engine.programs import ProgramRetention
+from shoal.engine.request_state import RequestState
+from shoal.engine.sampling_params import SamplingParams
+from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from shoal.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for metrics; counters are cumulative since start."""
+
+    num_running: int
+    num_waiting: int
+    num_blocks: int
+    num_free_blocks: int
+    kv_usage: float
+    block_size: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    num_pinned_blocks: int
+    num_programs: int
+    prompt_tokens: int
+    generation_tokens: int
+
+
+class LLMEngine:
+    """One engine replica: single-threaded; a server drives it from its own thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.tokenizer = self.runner.tokenizer
+        self.model_name = config.served_model_name or self.runner.model_name
+        self.block_size = config.block_size
+        self.num_blocks = self.runner.num_blocks
+        model_len = config.max_model_len or self.runner.model_config.max_position_embeddings
+        # a lone sequence must always fit the pool, so preemption can never deadlock
+        self.max_model_len = min(model_len, self.runner.model_config.max_position_embeddings, self.num_blocks * self.block_size)
+        self.block_manager = BlockManager(self.num_blocks, self.block_size, config.enable_prefix_caching)
+        self.programs = ProgramRetention(self.block_manager)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_num_seqs=config.max_num_seqs,
+                max_model_len=self.max_model_len,
+                watermark_blocks=max(1, self.num_blocks // 100),
+            ),
+            self.block_manager,
+            on_finish=self.programs.on_finish,
+        )
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
+        self._requests: dict[str, RequestState] = {}
+        self._arrivals = itertools.count()
+        self._prompt_tokens = 0
+        self._generation_tokens = 0
+
+    # ---- requests --------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+        priority: int = 0,
+        program_id: str | None = None,
+        retention_s: float | None = None,
+    ) -> None:
+        """Queue a request. Raises ValueError (naming the problem) for bad input."""
+        params = params or SamplingParams()
+        if request_id in self._requests:
+            raise DuplicateRequestError(request_id)
+        if prompt_token_ids is None:
+            if prompt is None:
+                raise ValueError("either a prompt or prompt_token_ids is required")
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            prompt_token_ids = self.tokenizer.encode(prompt)
+        prompt_token_ids = list(prompt_token_ids)
+        if not prompt_token_ids:
+            raise ValueError("prompt must contain at least one token")
+        vocab = self.runner.model_config.vocab_size
+        bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {bad[0]!r}")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise PromptTooLongError(len(prompt_token_ids), self.max_model_len)
+        if retention_s is not None and retention_s < 0:
+            raise ValueError(f"retention must be >= 0 seconds, got {retention_s}")
+        state = RequestState(request_id, prompt_token_ids, params, self.tokenizer, time.monotonic())
+        seq = Sequence(
+            request_id,
+            prompt_token_ids,
+            params,
+            priority=priority,
+            arrival=next(self._arrivals),
+            program_id=program_id,
+            retention_s=retention_s,
+        )
+        state.add_sequence(seq)
+        self._requests[request_id] = state
+        self._prompt_tokens += len(prompt_token_ids)
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output (None if unknown)."""
+        state = self._requests.pop(request_id, None)
+        if state is None:
+            return None
+        for seq in state.sequences:
+            self.scheduler.finish(seq, "abort")
+        self.runner.release_request(request_id, state.params.n)
+        return state.snapshot(self._cached_tokens(state))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def release_program(self, program_id: str) -> int:
+        return self.programs.release(program_id)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        self.programs.expire()
+        output = self.scheduler.schedule()
+        if output.is_empty and self.scheduler.waiting and not self.scheduler.running:
+            # only pinned program blocks stand in the way: give them up rather than stall
+            while output.is_empty and self.programs.release_oldest():
+                output = self.scheduler.schedule()
+        if output.is_empty:
+            return []
+        now = time.monotonic()
+        requests = self._sample_requests(output)
+        results = self.runner.run(output.scheduled, requests)
+        self.scheduler.postprocess(output)
+        touched: dict[str, RequestState] = {}
+        for item in output.scheduled:
+            state = self._requests.get(item.seq.request_id)
+            if state is not None:
+                touched[state.request_id] = state
+                state.metrics.setdefault("first_scheduled", now)
+        for req, samples in zip(requests, results, strict=True):
+            state = self._requests[req.seq.request_id]
+            if req.seq.pending_fork:
+                self._fork(state, req.seq, samples[1:])
+                samples = samples[:1]
+            self._accept(state, req.seq, samples[0].token_id, samples[0].logprobs)
+            state.metrics.setdefault("first_token", time.monotonic())
+        outputs = []
+        for state in touched.values():
+            if state.finished:
+                state.metrics["finished"] = time.monotonic()
+                del self._requests[state.request_id]
+                self.runner.release_request(state.request_id, state.params.n)
+            outputs.append(state.snapshot(self._cached_tokens(state)))
+        return outputs
+
+    def _sample_requests(self, output: SchedulerOutput) -> list[SampleRequest]:
+        requests = []
+        for item in output.scheduled:
+            if not item.samples:
+                continue
+            seq = item.seq
+            banned: tuple[int, ...] = ()
+            if seq.num_output_tokens < seq.params.min_tokens:
+                banned = tuple(sorted(set(seq.params.stop_token_ids) | (set() if seq.params.ignore_eos else set(self.eos_token_ids))))
+            requests.append(SampleRequest(seq, seq.params.n if seq.pending_fork else 1, banned))
+        return requests
+
+    def _fork(self, state: RequestState, parent: Sequence, samples: list) -> None:
+        parent.pending_fork = False
+        for offset, result in enumerate(samples, start=1):
+            child = Sequence(
+                parent.request_id,
+                parent.token_ids[: parent.num_prompt_tokens],
+                parent.params,
+                index=parent.index + offset,
+                priority=parent.priority,
+                arrival=parent.arrival,
+                program_id=parent.program_id,
+                retention_s=parent.retention_s,
+                cache_salt=parent.cache_salt,
+            )
+            state.add_sequence(child)
+            if self.block_manager.fork(parent, child):
+                child.status = SequenceStatus.RUNNING
+                self.scheduler.running.append(child)
+            else:
+                self.scheduler.add(child)
+            self._accept(state, child, result.token_id, result.logprobs)
+
+    def _accept(self, state: RequestState, seq: Sequence, token_id: int, logprobs: dict[int, float] | None) -> None:
+        self._generation_tokens += 1
+        self.scheduler.append_token(seq, token_id, self.eos_token_ids)
+        stop = state.on_token(seq.index, token_id, logprobs)
+        if stop is not None and not seq.is_finished:
+            self.scheduler.finish(seq, "stop", stop)
+        elif stop is not None:
+            seq.finish_reason, seq.stop_reason = "stop", stop
+
+    # ---- introspection ---------------------------------------------------------------------
+    def _cached_tokens(self, state: RequestState) -> int:
+        seqs = state.sequences
+        return seqs[0].num_cached_tokens if seqs else 0
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len({s.request_id for s in self.scheduler.running}),
+            num_waiting=len({s.request_id for s in self.scheduler.waiting} - {s.request_id for s in self.scheduler.running}),
+            num_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            kv_usage=bm.usage,
+            block_size=bm.block_size,
+            prefix_cache_queries=bm.prefix_cache_queries,
+            prefix_cache_hits=bm.prefix_cache_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_pinned_blocks=self.programs.num_pinned_blocks,
+            num_programs=self.programs.num_programs,
+            prompt_tokens=self._prompt_tokens,
+            generation_tokens=self._generation_tokens,
+        )
+
+    def cached_block_hashes(self) -> list[int]:
+        return self.block_manager.cached_block_hashes()

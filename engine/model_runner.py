@@ -1,0 +1,166 @@
+"""Runs one scheduled batch through the model: inputs -> forward -> logits -> sampled tokens.
+
+Owns the model weights, the KV cache tensors and the per-sequence generators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from shoal.engine.attention_context import AttentionContext
+from shoal.engine.config import EngineConfig
+from shoal.engine.kernels import get_backend
+from shoal.engine.loader import load_model
+from shoal.engine.sampler import SampleResult, SamplingRow, sample
+from shoal.engine.scheduler import ScheduledSequence
+from shoal.engine.sequence import Sequence
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """Sample ``num_samples`` tokens from the last position of ``seq`` (n>1 forks sample several)."""
+
+    seq: Sequence
+    num_samples: int = 1
+    banned_token_ids: tuple[int, ...] = ()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        loaded = load_model(config.model, self.dtype, self.device)
+        self.model = loaded.model.eval()
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.model_name = loaded.name
+        self.ops = get_backend(config.kernels, self.device.type)
+        self.block_size = config.block_size
+        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
+        mc = self.model_config
+        shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(mc.num_layers)
+        ]
+        self._generators: dict[tuple[str, int], torch.Generator] = {}
+        self._seed_source = torch.Generator().manual_seed(config.seed)
+
+    def _blocks_for_memory(self, gigabytes: float) -> int:
+        mc = self.model_config
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        per_block = 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * elem
+        return max(1, int(gigabytes * (1 << 30)) // per_block)
+
+    # ---- generators ------------------------------------------------------------------------
+    def generator_for(self, request_id: str, index: int, seed: int | None) -> torch.Generator:
+        key = (request_id, index)
+        gen = self._generators.get(key)
+        if gen is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_source))
+            else:
+                seed = seed + index * 1_000_003
+            gen = torch.Generator().manual_seed(seed)
+            self._generators[key] = gen
+        return gen
+
+    def release_request(self, request_id: str, n: int) -> None:
+        for index in range(n):
+            self._generators.pop((request_id, index), None)
+
+    # ---- the step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, scheduled: list[ScheduledSequence], requests: list[SampleRequest]) -> list[list[SampleResult]]:
+        """Compute ``scheduled`` and sample for ``requests`` (each a subset sequence of it)."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_seqlens = [0]
+        context_lens: list[int] = []
+        last_index: dict[int, int] = {}
+        max_blocks = 1
+        for item in scheduled:
+            seq = item.seq
+            start = seq.num_computed_tokens
+            end = start + item.num_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            table = seq.block_table
+            for pos in range(start, end):
+                slots.append(table[pos // bs] * bs + pos % bs)
+            positions.extend(range(start, end))
+            cu_seqlens.append(cu_seqlens[-1] + item.num_tokens)
+            context_lens.append(end)
+            last_index[seq.seq_id] = cu_seqlens[-1] - 1
+            max_blocks = max(max_blocks, len(table))
+        block_tables = torch.zeros((len(scheduled), max_blocks), dtype=torch.int32)
+        for row, item in enumerate(scheduled):
+            table = item.seq.block_table
+            block_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        dev = self.device
+        ctx = AttentionContext(
+            ops=self.ops,
+            kv_caches=self.kv_caches,
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            block_tables=block_tables.to(dev),
+            cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
+            max_q_len=max(s.num_tokens for s in scheduled),
+            max_context_len=max(context_lens),
+        )
+        hidden = self.model(
+            torch.tensor(input_ids, dtype=torch.long, device=dev),
+            torch.tensor(positions, dtype=torch.long, device=dev),
+            ctx,
+        )
+        if not requests:
+            return []
+        rows_index = torch.tensor([last_index[r.seq.seq_id] for r in requests], dtype=torch.long, device=dev)
+        logits = self.model.compute_logits(hidden[rows_index]).float().cpu()
+        expanded = []
+        sampling_rows: list[SamplingRow] = []
+        for i, req in enumerate(requests):
+            seq = req.seq
+            for k in range(req.num_samples):
+                index = seq.index + k
+                expanded.append(i)
+                sampling_rows.append(
+                    SamplingRow(
+                        params=seq.params,
+                        generator=self.generator_for(seq.request_id, index, seq.params.seed),
+                        token_ids=seq.token_ids,
+                        num_prompt_tokens=seq.num_prompt_tokens,
+                        banned_token_ids=req.banned_token_ids,
+                    )
+                )
+        if len(expanded) != len(requests):
+            logits = logits[torch.tensor(expanded)]
+        results = sample(logits, sampling_rows)
+        grouped: list[list[SampleResult]] = []
+        pos = 0
+        for req in requests:
+            grouped.append(results[pos : pos + req.num_samples])
+            pos += req.num_samples
+        return grouped
