@@ -76,3 +76,20 @@ class KernelBackend(ABC):
         ``block_tables`` ``[B, max_blocks]`` int32 (unused entries are ignored),
         ``max_q_len``/``max_context_len`` are host-side bounds (no device sync needed).
         """
+
+    @abstractmethod
+    def top_k_top_p_min_p(
+        self, logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+    ) -> torch.Tensor:
+        """Filtered copy of ``logits`` ``[B, V]`` fp32: dropped entries become ``-inf``.
+
+        Per row b (``top_k`` ``[B]`` int, 0 = off; ``top_p``/``min_p`` ``[B]`` fp32, 1.0/0.0 = off),
+        an entry x is kept iff all three hold (ties at a boundary are all kept):
+
+        - top-k: x >= the k-th largest value;
+        - top-p, over the top-k survivors renormalised: the probability mass of survivors
+          strictly greater than x is < top_p (the smallest nucleus reaching top_p);
+        - min-p: ``p(x) >= min_p * p_max``, i.e. ``x >= max + log(min_p)``.
+
+        Deterministic (no sampling here), so per-request seeded sampling afterwards stays reproducible.
+        """

@@ -107,6 +107,26 @@ class TorchBackend(KernelBackend):
         )  # [B, Hq, Qmax, D]
         return out.transpose(1, 2)[seq_of_token, idx_in_seq]
 
+    def top_k_top_p_min_p(
+        self, logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+    ) -> torch.Tensor:
+        """One descending sort per row gives each filter's cutoff value; see the ABC for the rule."""
+        vocab = logits.shape[-1]
+        logits = logits.float()
+        row_max = logits.max(dim=-1, keepdim=True).values
+        cutoff = row_max + torch.log(min_p.float().clamp(min=0.0)).unsqueeze(1)  # min-p; log(0) = -inf
+        sorted_vals = logits.sort(dim=-1, descending=True).values
+        k = top_k.to(torch.long)
+        k = torch.where((k <= 0) | (k > vocab), vocab, k).unsqueeze(1)
+        kth = sorted_vals.gather(1, k - 1)  # top-k cutoff (ties at it survive)
+        survivors = torch.where(sorted_vals >= kth, sorted_vals, float("-inf"))
+        probs = torch.softmax(survivors, dim=-1)
+        mass_above = torch.cumsum(probs, dim=-1) - probs  # first of a tie run: mass strictly above it
+        keep_count = (mass_above < top_p.float().unsqueeze(1)).sum(dim=-1, keepdim=True).clamp(min=1)
+        top_p_cut = torch.where(top_p.unsqueeze(1) >= 1.0, float("-inf"), sorted_vals.gather(1, keep_count - 1))
+        cutoff = torch.maximum(torch.maximum(cutoff, kth), top_p_cut)
+        return torch.where(logits >= cutoff, logits, float("-inf"))
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x32 = x.float()

@@ -1,0 +1,120 @@
+"""Prometheus metrics under vLLM's names (``vllm:*``) plus ``shoal:*`` extras.
+
+Existing autoscalers (KEDA, HPA adapters), routers and Grafana boards read these
+names, so they must not drift. Engine-side gauges and counters are read from the
+latest ``EngineStats`` snapshot at scrape time (the engine keeps cumulative
+counters); request latencies are histograms observed as outputs arrive. Each app
+has its own registry so several servers can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0)  # fmt: skip
+_REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                    240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class _EngineStatsCollector(Collector):
+    """Gauges and counters computed from the engine's latest stats snapshot."""
+
+    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+        self._model = model_name
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        labels = ["model_name"]
+        value = [self._model]
+
+        def gauge(name: str, doc: str, v: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(value, float(v))
+            return g
+
+        def counter(name: str, doc: str, v: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(value, float(v))
+            return c
+
+        yield gauge("vllm:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).", s.kv_usage)
+        yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
+        yield counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
+        yield counter("vllm:num_preemptions", "Preemptions (recompute).", s.num_preemptions)
+        yield counter("vllm:prompt_tokens", "Prefill tokens processed.", s.prompt_tokens)
+        yield counter("vllm:generation_tokens", "Tokens generated.", s.generation_tokens)
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "KV-cache configuration.", labels=["model_name", "block_size", "num_gpu_blocks"]
+        )
+        info.add_metric([self._model, str(s.block_size), str(s.num_blocks)], 1.0)
+        yield info
+        yield gauge("shoal:pinned_blocks", "KV blocks held for programs (out of eviction).", s.num_pinned_blocks)
+        yield gauge("shoal:programs", "Programs with retained KV blocks.", s.num_programs)
+        yield gauge("shoal:free_blocks", "KV blocks free (incl. cached, evictable).", s.num_free_blocks)
+
+
+class _Observer:
+    """Per-request timing hooks bound to one model's histogram children."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._m = metrics
+
+    def on_first_token(self, ttft_s: float, queue_s: float) -> None:
+        self._m.ttft.observe(ttft_s)
+        self._m.queue_time.observe(queue_s)
+
+    def on_tokens(self, itl_s: float) -> None:
+        self._m.itl.observe(itl_s)
+
+    def on_finish(self, e2e_s: float, finish_reason: str | None) -> None:
+        self._m.e2e.observe(e2e_s)
+        self._m.success.labels(self._m.model_name, finish_reason or "unknown").inc()
+
+
+class ServerMetrics:
+    """The server's registry; ``render()`` is the /metrics body."""
+
+    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_EngineStatsCollector(model_name, stats))
+        labels = ["model_name"]
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry).labels(model_name)
+
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS)
+        self.itl = hist("vllm:inter_token_latency_seconds", "Time between output steps.", _ITL_BUCKETS)
+        self.e2e = hist("vllm:e2e_request_latency_seconds", "Arrival to finish.", _REQUEST_BUCKETS)
+        self.queue_time = hist("vllm:request_queue_time_seconds", "Arrival to first scheduled.", _REQUEST_BUCKETS)
+        self.success = Counter(
+            "vllm:request_success", "Finished requests.", ["model_name", "finished_reason"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "shoal:requests_rejected", "Requests refused before reaching the engine.", ["model_name", "reason"],
+            registry=self.registry,
+        )  # fmt: skip
+
+    def observer(self) -> _Observer:
+        return _Observer(self)
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(self.model_name, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,236 @@
+"""POST /v1/chat/completions: messages through the chat template, tool calls parsed back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.server.errors import bad_request
+from shoal.engine.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessageOut,
+    ChatTokenLogprob,
+    Message,
+    NamedToolChoice,
+    ToolCallOut,
+    ToolMessage,
+    TopLogprob,
+)
+from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
+from shoal.engine.server.serving import (
+    SSE_DONE,
+    ClientDisconnected,
+    ServingContext,
+    clamp_logprob,
+    final_updates,
+    new_id,
+    sse,
+    sse_error,
+    top_logprobs,
+    until_disconnect,
+    usage_of,
+)
+from shoal.engine.server.tool_calls import ParsedToolCall, StreamingToolParser, parse_tool_calls
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+
+def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them (text parts joined, tool-call arguments as objects)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        content = m.content
+        text = content if isinstance(content, str) or content is None else "\n".join(p.text for p in content)
+        role = "system" if m.role == "developer" else m.role
+        msg: dict[str, Any] = {"role": role, "content": text if text is not None else ""}
+        if getattr(m, "name", None):
+            msg["name"] = m.name  # type: ignore[union-attr]
+        if isinstance(m, AssistantMessage) and m.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name, "arguments": _json_or_str(c.function.arguments)}}
+                for c in m.tool_calls
+            ]  # fmt: skip
+        if isinstance(m, ToolMessage):
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    return out
+
+
+def _json_or_str(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
+def template_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    if not req.tools or req.tool_choice == "none":
+        return None
+    tools = [t.model_dump(exclude_none=True) for t in req.tools]
+    if isinstance(req.tool_choice, NamedToolChoice):
+        tools = [t for t in tools if t["function"]["name"] == req.tool_choice.function.name]
+    return tools
+
+
+def encode_messages(ctx: ServingContext, req_messages: list[Message], tools: Any, add_generation_prompt: bool) -> list[int]:
+    try:
+        ids = ctx.tokenizer.encode_chat(template_messages(req_messages), tools, add_generation_prompt)
+    except ValueError as exc:
+        raise bad_request(str(exc), param="messages") from exc
+    return list(ids)
+
+
+def _chat_logprobs(ctx: ServingContext, out: CompletionOutputLike, start: int, k: int) -> list[ChatTokenLogprob]:
+    entries = out.logprobs or ()
+    items = []
+    for pos in range(start, min(len(out.token_ids), len(entries))):
+        token_id = out.token_ids[pos]
+        entry = entries[pos]
+        text = ctx.token_text(token_id)
+        tops = [
+            TopLogprob(token=ctx.token_text(t), logprob=clamp_logprob(v), bytes=list(ctx.token_text(t).encode()))
+            for t, v in top_logprobs(entry, k)
+        ]
+        items.append(
+            ChatTokenLogprob(
+                token=text,
+                logprob=clamp_logprob(entry.get(token_id, float("-inf"))),
+                bytes=list(text.encode()),
+                top_logprobs=tops,
+            )
+        )
+    return items
+
+
+def _tool_call_out(call: ParsedToolCall) -> ToolCallOut:
+    return ToolCallOut(id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
+
+
+async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest, raw: Request) -> Response:
+    arrival = time.monotonic()
+    ctx.check_model(req.model)
+    tools = template_tools(req)
+    ids = encode_messages(ctx, req.messages, tools, req.add_generation_prompt)
+    if not ids:
+        raise bad_request("the rendered conversation is empty", param="messages")
+    max_tokens = ctx.output_budget(len(ids), req.output_limit(), "messages")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = ctx.sampling_params(req, max_tokens, logprobs)
+    ctx.admit(1)
+    request_id = new_id("chatcmpl")
+    streams = await ctx.submit(request_id, req, [ids], [params], arrival)
+    parse_tools = tools is not None and ctx.settings.tool_call_parser == "hermes"
+    if req.stream:
+        body = _stream(ctx, req, request_id, streams[0], len(ids), parse_tools)
+        return StreamingResponse(body, media_type="text/event-stream")
+    try:
+        (final,) = await until_disconnect(raw, final_updates(streams))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    finally:
+        ctx.abort_all(streams)
+    choices = []
+    for out in final.outputs:
+        content: str | None = out.text
+        calls: list[ParsedToolCall] = []
+        if parse_tools:
+            content, calls = parse_tool_calls(out.text)
+        finish = "tool_calls" if calls and out.finish_reason == "stop" else out.finish_reason
+        lp = ChatLogprobs(content=_chat_logprobs(ctx, out, 0, req.top_logprobs or 0)) if req.logprobs else None
+        choices.append(
+            ChatChoice(
+                index=out.index,
+                message=ChatMessageOut(content=content, tool_calls=[_tool_call_out(c) for c in calls]),
+                logprobs=lp,
+                finish_reason=finish,
+                stop_reason=getattr(out, "stop_reason", None),
+            )
+        )
+    response = ChatCompletionResponse(
+        id=request_id,
+        created=int(time.time()),
+        model=ctx.settings.served_model_name,
+        choices=choices,
+        usage=usage_of([len(ids)], [final]),
+    )
+    return Response(response.model_dump_json(), media_type="application/json")
+
+
+async def _stream(
+    ctx: ServingContext,
+    req: ChatCompletionRequest,
+    request_id: str,
+    stream: RequestStream,
+    prompt_len: int,
+    parse_tools: bool,
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+            "model": ctx.settings.served_model_name}  # fmt: skip
+    usage_key = {"usage": None} if req.include_usage() else {}
+    sent_text: dict[int, int] = {}
+    sent_tokens: dict[int, int] = {}
+    parsers: dict[int, StreamingToolParser] = {}
+    done: set[int] = set()
+    final = None
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **usage_key})
+
+    try:
+        async for update in stream:
+            final = update
+            for out in update.outputs:
+                i = out.index
+                if i in done:
+                    continue
+                if i not in sent_text:
+                    sent_text[i] = sent_tokens[i] = 0
+                    parsers[i] = StreamingToolParser()
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                text = out.text[sent_text[i] :]
+                lp = None
+                if req.logprobs and len(out.token_ids) > sent_tokens[i]:
+                    items = _chat_logprobs(ctx, out, sent_tokens[i], req.top_logprobs or 0)
+                    lp = {"content": [item.model_dump() for item in items]}
+                sent_text[i], sent_tokens[i] = len(out.text), len(out.token_ids)
+                calls: list[ParsedToolCall] = []
+                if parse_tools:
+                    text, calls = parsers[i].feed(text)
+                    if out.finish_reason is not None:
+                        tail, more = parsers[i].finish()
+                        text, calls = text + tail, calls + more
+                delta: dict[str, Any] = {}
+                if text:
+                    delta["content"] = text
+                if calls:
+                    first = parsers[i].num_calls - len(calls)
+                    delta["tool_calls"] = [
+                        {"index": first + k, "id": c.id, "type": "function",
+                         "function": {"name": c.name, "arguments": c.arguments}}
+                        for k, c in enumerate(calls)
+                    ]  # fmt: skip
+                finish = out.finish_reason
+                if finish is not None:
+                    done.add(i)
+                    if finish == "stop" and parsers[i].num_calls:
+                        finish = "tool_calls"
+                if delta or lp is not None or finish is not None:
+                    yield chunk(i, delta, lp, finish)
+        if req.include_usage() and final is not None:
+            usage = usage_of([prompt_len], [final])
+            yield sse({**head, "choices": [], "usage": usage.model_dump()})
+    except Exception as exc:
+        yield sse_error(exc)
+    finally:
+        ctx.abort_all([stream])
+    yield SSE_DONE

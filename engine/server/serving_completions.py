@@ -1,0 +1,160 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.server.errors import bad_request
+from shoal.engine.server.protocol import (
+    MAX_N,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from shoal.engine.server.serving import (
+    SSE_DONE,
+    ClientDisconnected,
+    ServingContext,
+    clamp_logprob,
+    final_updates,
+    merged_updates,
+    new_id,
+    sse,
+    sse_error,
+    top_logprobs,
+    until_disconnect,
+    usage_of,
+)
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+
+def _logprobs(
+    ctx: ServingContext, out: CompletionOutputLike, start: int, k: int, offset: int
+) -> CompletionLogprobs:
+    """Logprobs of generated tokens ``start:``; ``offset`` is the text offset of the first."""
+    result = CompletionLogprobs()
+    entries = out.logprobs or ()
+    for pos in range(start, min(len(out.token_ids), len(entries))):
+        token_id = out.token_ids[pos]
+        entry = entries[pos]
+        text = ctx.token_text(token_id)
+        result.tokens.append(text)
+        result.token_logprobs.append(clamp_logprob(entry.get(token_id, float("-inf"))))
+        result.top_logprobs.append({ctx.token_text(t): clamp_logprob(v) for t, v in top_logprobs(entry, k)})
+        result.text_offset.append(offset)
+        offset += len(text)
+    return result
+
+
+async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Request) -> Response:
+    arrival = time.monotonic()
+    ctx.check_model(req.model)
+    prompts = req.prompts()
+    if len(prompts) * req.n > MAX_N:
+        raise bad_request(f"prompts x n must be at most {MAX_N}", param="n")
+    token_lists: list[list[int]] = []
+    for p in prompts:
+        ids = ctx.tokenizer.encode(p) if isinstance(p, str) else p
+        if not ids:
+            raise bad_request("prompt must not be empty", param="prompt")
+        token_lists.append(ids)
+    params = [
+        ctx.sampling_params(req, ctx.output_budget(len(ids), req.max_tokens, "prompt"), req.logprobs)
+        for ids in token_lists
+    ]
+    ctx.admit(len(token_lists))
+    request_id = new_id("cmpl")
+    streams = await ctx.submit(request_id, req, token_lists, params, arrival)
+    echoes = [(p if isinstance(p, str) else ctx.tokenizer.decode(p)) if req.echo else "" for p in prompts]
+    prompt_lens = [len(ids) for ids in token_lists]
+    if req.stream:
+        body = _stream(ctx, req, request_id, streams, echoes, prompt_lens)
+        return StreamingResponse(body, media_type="text/event-stream")
+    try:
+        finals = await until_disconnect(raw, final_updates(streams))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    finally:
+        ctx.abort_all(streams)
+    choices = []
+    for p_idx, final in enumerate(finals):
+        for out in final.outputs:
+            text = echoes[p_idx] + out.text
+            logprobs = _logprobs(ctx, out, 0, req.logprobs, 0) if req.logprobs is not None else None
+            choices.append(
+                CompletionChoice(
+                    index=p_idx * req.n + out.index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=out.finish_reason,
+                    stop_reason=getattr(out, "stop_reason", None),
+                )
+            )
+    response = CompletionResponse(
+        id=request_id,
+        created=int(time.time()),
+        model=ctx.settings.served_model_name,
+        choices=choices,
+        usage=usage_of(prompt_lens, finals),
+    )
+    return Response(response.model_dump_json(), media_type="application/json")
+
+
+async def _stream(
+    ctx: ServingContext,
+    req: CompletionRequest,
+    request_id: str,
+    streams: Sequence[RequestStream],
+    echoes: Sequence[str],
+    prompt_lens: Sequence[int],
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    model = ctx.settings.served_model_name
+    sent_text: dict[int, int] = {}
+    sent_tokens: dict[int, int] = {}
+    text_offset: dict[int, int] = {}
+    done: set[int] = set()
+    finals = [None] * len(streams)
+    try:
+        async for p_idx, update in merged_updates(streams):
+            finals[p_idx] = update  # type: ignore[call-overload]
+            for out in update.outputs:
+                index = p_idx * req.n + out.index
+                if index in done:
+                    continue
+                first = index not in sent_text
+                text = out.text[sent_text.get(index, 0) :]
+                n_tok = sent_tokens.get(index, 0)
+                if not text and len(out.token_ids) == n_tok and out.finish_reason is None and not first:
+                    continue
+                choice: dict[str, object] = {"index": index, "text": (echoes[p_idx] if first else "") + text}
+                if req.logprobs is not None:
+                    lp = _logprobs(ctx, out, n_tok, req.logprobs, text_offset.get(index, 0))
+                    text_offset[index] = text_offset.get(index, 0) + sum(len(t) for t in lp.tokens)
+                    choice["logprobs"] = lp.model_dump()
+                else:
+                    choice["logprobs"] = None
+                choice["finish_reason"] = out.finish_reason
+                if out.finish_reason is not None:
+                    choice["stop_reason"] = getattr(out, "stop_reason", None)
+                    done.add(index)
+                sent_text[index] = len(out.text)
+                sent_tokens[index] = len(out.token_ids)
+                chunk = {"id": request_id, "object": "text_completion", "created": created, "model": model,
+                         "choices": [choice]}  # fmt: skip
+                if req.include_usage():
+                    chunk["usage"] = None
+                yield sse(chunk)
+        if req.include_usage():
+            usage = usage_of(prompt_lens, [f for f in finals if f is not None])
+            yield sse({"id": request_id, "object": "text_completion", "created": created, "model": model,
+                       "choices": [], "usage": usage.model_dump()})  # fmt: skip
+    except Exception as exc:
+        yield sse_error(exc)
+    finally:
+        ctx.abort_all(streams)
+    yield SSE_DONE
