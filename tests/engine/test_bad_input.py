@@ -104,7 +104,7 @@ def test_corrupt_safetensors(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_corrupt_gguf(tmp_path: Path) -> None:
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    with pytest.raises(ModelLoadError, match="GGUF|gguf"):
+    with pytest.raises(ModelLoadError, match=r"GGUF|gguf"):
         LLM(str(bad))
 
 
