@@ -5,12 +5,14 @@ Owns the model weights, the KV cache tensors and the per-sequence generators.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from shoal.engine.attention_context import AttentionContext
 from shoal.engine.config import EngineConfig
+from shoal.engine.cuda_graph import DecodeCudaGraphs
 from shoal.engine.kernels import get_backend
 from shoal.engine.loader import load_model
 from shoal.engine.sampler import SampleResult, SamplingRow, sample
@@ -64,6 +66,14 @@ class ModelRunner:
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
             for _ in range(mc.num_layers)
         ]
+        # [kernel-runtime] Decode CUDA graphs (engine/cuda_graph.py), captured lazily per batch bucket.
+        # CUDA + triton backend only (the torch ops sync with the host); SHOAL_CUDA_GRAPHS=0 turns them off.
+        self.decode_graphs: DecodeCudaGraphs | None = None
+        if self.device.type == "cuda" and self.ops.name == "triton" and os.environ.get("SHOAL_CUDA_GRAPHS") != "0":
+            max_len = config.max_model_len or mc.max_position_embeddings
+            self.decode_graphs = DecodeCudaGraphs(
+                self.model, self.ops, self.kv_caches, config.max_num_seqs, -(-max_len // self.block_size)
+            )
         self._generators: dict[tuple[str, int], torch.Generator] = {}
         self._seed_source = torch.Generator().manual_seed(config.seed)
 
@@ -130,11 +140,14 @@ class ModelRunner:
             max_q_len=max(s.num_tokens for s in scheduled),
             max_context_len=max(context_lens),
         )
-        hidden = self.model(
-            torch.tensor(input_ids, dtype=torch.long, device=dev),
-            torch.tensor(positions, dtype=torch.long, device=dev),
-            ctx,
-        )
+        ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
+        pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
+        # [kernel-runtime] Steps of one token per sequence replay a captured graph when one fits.
+        graphs = self.decode_graphs
+        if graphs is not None and ctx.max_q_len == 1 and graphs.supports(len(scheduled), max_blocks):
+            hidden = graphs.run(ids_t, pos_t, ctx.slot_mapping, ctx.block_tables, ctx.context_lens)
+        else:
+            hidden = self.model(ids_t, pos_t, ctx)
         if not requests:
             return []
         rows_index = torch.tensor([last_index[r.seq.seq_id] for r in requests], dtype=torch.long, device=dev)

@@ -28,8 +28,9 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _find_sequence(cu_seqlens_ptr, num_seqs, pid, BLOCK_Q: tl.constexpr):
     """Largest b with first_tile(b) <= pid, where first_tile(b) = cu[b] // BLOCK_Q (+ b)."""
-    lo = 0
-    hi = num_seqs
+    # Tensors from the start: num_seqs == 1 arrives as a compile-time constant (Triton specialises 1).
+    lo = pid * 0
+    hi = lo + num_seqs
     while lo + 1 < hi:
         mid = (lo + hi) // 2
         first = tl.load(cu_seqlens_ptr + mid) // BLOCK_Q
@@ -218,7 +219,8 @@ def paged_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, ROWS_PER_TOKEN=rows_per_token, BLOCK_Q=block_q,
         BLOCK_N=64, BLOCK_D=block_d, KV_BLOCK_SIZE=kv_block_size,
-        NUM_SPLITS=splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        # fp32 stays fp32 (no TF32) so the fp32 path matches the reference; 16-bit dots use the default.
+        NUM_SPLITS=splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     if splits > 1:
