@@ -92,7 +92,7 @@ class ModelRunner:
                 seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_source))
             else:
                 seed = seed + index * 1_000_003
-            gen = torch.Generator().manual_seed(seed)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
             self._generators[key] = gen
         return gen
 
@@ -151,7 +151,7 @@ class ModelRunner:
         if not requests:
             return []
         rows_index = torch.tensor([last_index[r.seq.seq_id] for r in requests], dtype=torch.long, device=dev)
-        logits = self.model.compute_logits(hidden[rows_index]).float().cpu()
+        logits = self.model.compute_logits(hidden[rows_index])
         expanded = []
         sampling_rows: list[SamplingRow] = []
         for i, req in enumerate(requests):
@@ -169,8 +169,8 @@ class ModelRunner:
                     )
                 )
         if len(expanded) != len(requests):
-            logits = logits[torch.tensor(expanded)]
-        results = sample(logits, sampling_rows)
+            logits = logits[torch.tensor(expanded, device=dev)]
+        results = sample(logits, sampling_rows, self.ops)
         grouped: list[list[SampleResult]] = []
         pos = 0
         for req in requests:

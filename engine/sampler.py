@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shoal.engine.kernels.backend import KernelBackend
 from shoal.engine.sampling_params import SamplingParams
 
 
@@ -32,24 +33,30 @@ class SampleResult:
     logprobs: dict[int, float] | None
 
 
-def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[SampleResult]:
-    """Sample one token per row of ``logits`` ``[N, V]`` (float32)."""
+def sample(logits: torch.Tensor, rows: list[SamplingRow], ops: KernelBackend) -> list[SampleResult]:
+    """Sample one token per row of ``logits`` ``[N, V]``; stays on the logits' device until the end."""
     logits = logits.float()
+    device = logits.device
     raw_logprobs = _raw_logprobs(logits, rows)
     logits = _apply_penalties(logits, rows)
-    tokens = torch.empty(len(rows), dtype=torch.long)
-    greedy = [i for i, r in enumerate(rows) if r.params.greedy]
-    if greedy:
-        idx = torch.tensor(greedy)
-        tokens[idx] = logits[idx].argmax(dim=-1)
+    tokens = logits.argmax(dim=-1)
     random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
     if random_rows:
-        idx = torch.tensor(random_rows)
-        probs = _filtered_probs(logits[idx], [rows[i].params for i in random_rows])
-        for j, i in enumerate(random_rows):
-            # exponential race == multinomial draw, with one generator per row
-            noise = torch.empty_like(probs[j]).exponential_(generator=rows[i].generator)
-            tokens[i] = (probs[j] / noise).argmax()
+        idx = torch.tensor(random_rows, device=device)
+        params = [rows[i].params for i in random_rows]
+        temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+        filtered = ops.top_k_top_p_min_p(
+            logits[idx] / temperature,
+            torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+            torch.tensor([p.top_p for p in params], device=device),
+            torch.tensor([p.min_p for p in params], device=device),
+        )
+        probs = torch.softmax(filtered, dim=-1)
+        # exponential race == a multinomial draw, with one generator per row (batch-invariant)
+        noise = torch.stack(
+            [torch.empty_like(probs[j]).exponential_(generator=rows[i].generator) for j, i in enumerate(random_rows)]
+        )
+        tokens[idx] = (probs / noise).argmax(dim=-1)
     token_list = tokens.tolist()
     results = []
     for i, row in enumerate(rows):
@@ -77,6 +84,7 @@ def _top_logprobs(row_logprobs: torch.Tensor, k: int, token_id: int) -> dict[int
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     cloned = False
+    device = logits.device
     for i, row in enumerate(rows):
         p = row.params
         needs = p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
@@ -86,46 +94,15 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
             logits = logits.clone()
             cloned = True
         if p.repetition_penalty != 1.0 and row.token_ids:
-            seen = torch.tensor(sorted(set(row.token_ids)), dtype=torch.long)
+            seen = torch.tensor(sorted(set(row.token_ids)), dtype=torch.long, device=device)
             vals = logits[i, seen]
             logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         output = row.token_ids[row.num_prompt_tokens :]
         if (p.presence_penalty or p.frequency_penalty) and output:
-            counts = torch.bincount(torch.tensor(output, dtype=torch.long), minlength=logits.shape[-1]).float()
+            counts = torch.bincount(
+                torch.tensor(output, dtype=torch.long, device=device), minlength=logits.shape[-1]
+            ).float()
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
         if row.banned_token_ids:
             logits[i, list(row.banned_token_ids)] = float("-inf")
-    return logits
-
-
-def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype).unsqueeze(1)
-    logits = logits / temperature
-    top_k = torch.tensor([p.top_k for p in params], dtype=torch.long)
-    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype)
-    min_p = torch.tensor([p.min_p for p in params], dtype=logits.dtype)
-    logits = top_k_top_p_min_p(logits, top_k, top_p, min_p)
-    return torch.softmax(logits, dim=-1)
-
-
-def top_k_top_p_min_p(
-    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
-) -> torch.Tensor:
-    """Set filtered logits to -inf (top_k 0 = off, top_p 1 = off, min_p 0 = off)."""
-    vocab = logits.shape[-1]
-    if bool((top_k > 0).any()) or bool((top_p < 1).any()):
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(vocab).unsqueeze(0)
-        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).unsqueeze(1)
-        drop = ranks >= k
-        probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        mass_before = probs.cumsum(dim=-1) - probs
-        drop |= mass_before >= top_p.unsqueeze(1)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
-    if bool((min_p > 0).any()):
-        probs = torch.softmax(logits, dim=-1)
-        threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
-        logits = logits.masked_fill(probs < threshold, float("-inf"))
     return logits
