@@ -74,25 +74,27 @@ class TorchBackend(KernelBackend):
         q_lens = cu[1:] - cu[:-1]
         ctx = context_lens.to(torch.long)
 
-        # Slots of every sequence's first max_context_len positions: [B, L]
+        # Whole blocks are gathered (contiguous copies), then trimmed to the longest context: [B, Hk, L, D]
+        num_table_blocks = min(block_tables.shape[1], -(-max_context_len // block_size))
+        table = block_tables[:, :num_table_blocks].to(torch.long)
+        used_blocks = (ctx + block_size - 1) // block_size
+        table = table.masked_fill(torch.arange(num_table_blocks, device=device) >= used_blocks.unsqueeze(1), 0)
         pos = torch.arange(max_context_len, device=device)
-        blocks = block_tables.to(torch.long).gather(
-            1, (pos // block_size).clamp(max=block_tables.shape[1] - 1).expand(num_seqs, -1)
-        )
-        slots = blocks * block_size + pos % block_size
         key_valid = pos.unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
-        slots = torch.where(key_valid, slots, torch.zeros_like(slots))
-        flat_k = k_cache.view(-1, num_kv_heads, head_dim)
-        flat_v = v_cache.view(-1, num_kv_heads, head_dim)
-        keys = flat_k[slots].transpose(1, 2)  # [B, Hk, L, D]
-        values = flat_v[slots].transpose(1, 2)
+        keys = k_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)
+        values = v_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)
 
-        # Queries scattered into [B, Hq, Qmax, D]
-        seq_of_token = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens, output_size=total_tokens)
-        idx_in_seq = torch.arange(total_tokens, device=device) - cu[seq_of_token]
-        padded_q = q.new_zeros(num_seqs, max_q_len, num_q_heads, head_dim)
-        padded_q[seq_of_token, idx_in_seq] = q
-        padded_q = padded_q.transpose(1, 2)
+        if max_q_len == 1:  # pure decode: one query per sequence, no scatter needed
+            seq_of_token = idx_in_seq = None
+            padded_q = q.unsqueeze(2)  # [B, Hq, 1, D]
+        else:  # queries scattered into [B, Hq, Qmax, D]
+            seq_of_token = torch.repeat_interleave(
+                torch.arange(num_seqs, device=device), q_lens, output_size=total_tokens
+            )
+            idx_in_seq = torch.arange(total_tokens, device=device) - cu[seq_of_token]
+            padded_q = q.new_zeros(num_seqs, max_q_len, num_q_heads, head_dim)
+            padded_q[seq_of_token, idx_in_seq] = q
+            padded_q = padded_q.transpose(1, 2)
 
         # Causal mask with each query's absolute position: ctx - q_len + i
         q_pos = (ctx - q_lens).unsqueeze(1) + torch.arange(max_q_len, device=device).unsqueeze(0)  # [B, Qmax]
@@ -105,6 +107,8 @@ class TorchBackend(KernelBackend):
             scale=scale,
             enable_gqa=num_q_heads != num_kv_heads,
         )  # [B, Hq, Qmax, D]
+        if seq_of_token is None:
+            return out.squeeze(2)
         return out.transpose(1, 2)[seq_of_token, idx_in_seq]
 
     def top_k_top_p_min_p(
