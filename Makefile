@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 export PYTHONUNBUFFERED := 1
+# Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup lint test test-fast test-kernels test-slow test-all demo bench-offline bench clean
 

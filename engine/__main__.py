@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Set before torch is imported: busy-waiting OpenMP threads starve co-located processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from shoal.engine.cli_args import add_engine_args, engine_config_from_args
 

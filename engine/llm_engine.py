@@ -212,6 +212,8 @@ class LLMEngine:
             self.scheduler.finish(seq, "stop", stop)
         elif stop is not None:
             seq.finish_reason, seq.stop_reason = "stop", stop
+        if seq.is_finished and stop is None:
+            state.flush(seq.index)
 
     # ---- introspection ---------------------------------------------------------------------
     def _cached_tokens(self, state: RequestState) -> int:

@@ -73,6 +73,12 @@ class RequestState:
         state.final_text = match.text
         return match.stop
 
+    def flush(self, index: int) -> None:
+        """At the end of a sample: release text held back for an incomplete UTF-8 sequence."""
+        state = self.samples[index]
+        if state.final_text is None:
+            state.text += state.detokenizer.flush()
+
     def snapshot(self, num_cached_tokens: int) -> RequestOutput:
         outputs = []
         for index in sorted(self.samples):

@@ -2,7 +2,7 @@
 
 The file is parsed by :mod:`~shoal.engine.loader.gguf_file` (fast header parse, memmapped data).
 Common block formats (F32/F16/BF16/Q8_0/Q4_0/Q4_1) are dequantized with vectorised torch ops
-(about 10x faster than ``gguf.quants.dequantize`` in numpy, bit-identical); other formats fall
+(several times faster than ``gguf.quants.dequantize`` in numpy, and bit-identical); other formats fall
 back to the ``gguf`` package.
 """
 
@@ -53,8 +53,13 @@ def read_metadata(gguf_file: GGUFFile) -> dict[str, Any]:
     return dict(gguf_file.metadata)
 
 
-def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelConfig:
-    """Map GGUF metadata (``{arch}.block_count`` ...) onto :class:`ModelConfig`."""
+def config_from_metadata(
+    meta: dict[str, Any], tensor_names: set[str], rope_freqs: list[float] | None = None
+) -> ModelConfig:
+    """Map GGUF metadata (``{arch}.block_count`` ...) onto :class:`ModelConfig`.
+
+    ``rope_freqs``: the values of a ``rope_freqs.weight`` tensor, when the file has one.
+    """
     arch = meta.get("general.architecture")
     if arch not in _ARCHITECTURES:
         raise ModelLoadError(
@@ -72,14 +77,15 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelC
     num_kv_heads = int(get("attention.head_count_kv", num_heads))
     head_dim = int(meta.get(f"{arch}.attention.key_length") or hidden // num_heads)
     tokens = meta.get("tokenizer.ggml.tokens") or []
-    rope_scaling = None
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
     scaling_type = meta.get(f"{arch}.rope.scaling.type")
     if scaling_type == "linear":
         rope_scaling = (("factor", float(get("rope.scaling.factor"))), ("rope_type", "linear"))
     elif scaling_type not in (None, "none"):
         raise ModelLoadError(f"unsupported GGUF rope scaling {scaling_type!r}")
-    if "rope_freqs.weight" in tensor_names:
-        raise ModelLoadError("GGUF files with per-frequency rope factors (rope_freqs, Llama 3.1+) are not supported yet")
+    if rope_freqs is not None:
+        # llama.cpp bakes Llama 3.x rope scaling into per-frequency divisors instead of metadata.
+        rope_scaling = (("freq_factors", tuple(float(f) for f in rope_freqs)), ("rope_type", "freq_factors"))
     eos = meta.get("tokenizer.ggml.eos_token_id")
     eot = meta.get("tokenizer.ggml.eot_token_id")
     bos = meta.get("tokenizer.ggml.bos_token_id")
@@ -121,6 +127,8 @@ def iter_weights(gguf_file: GGUFFile, config: ModelConfig) -> Iterator[tuple[str
     architecture (GGML's rope pairs adjacent elements); HF rotates halves, so undo it.
     """
     for tensor in gguf_file.tensors:
+        if tensor.name == "rope_freqs.weight":
+            continue  # folded into config.rope_scaling
         name = hf_name(tensor.name)
         if name is None:
             raise ModelLoadError(f"unexpected tensor {tensor.name!r} in the GGUF file")
@@ -199,7 +207,11 @@ def load_gguf(
 
     gguf_file = open_gguf(path)
     meta = gguf_file.metadata
-    config = config_from_metadata(meta, {t.name for t in gguf_file.tensors})
+    by_name = {t.name: t for t in gguf_file.tensors}
+    rope_freqs = by_name.get("rope_freqs.weight")
+    config = config_from_metadata(
+        meta, set(by_name), None if rope_freqs is None else dequantize(rope_freqs).flatten().tolist()
+    )
     try:
         tokenizer = Tokenizer.from_gguf_metadata(meta)
     except (KeyError, ValueError) as exc:

@@ -13,6 +13,7 @@ or :meth:`LlamaForCausalLM.random_init_`. To build straight on a device without 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,17 @@ from shoal.engine.loader.errors import ModelLoadError
 from shoal.engine.model_config import ModelConfig
 from shoal.engine.models.rotary import build_cos_sin_cache
 
-_Factory = dict[str, torch.dtype | torch.device | str | None]
+
+@dataclass(frozen=True)
+class _Factory:
+    """Where and in which dtype parameters are created."""
+
+    dtype: torch.dtype | None
+    device: torch.device | str | None
+
+    def param(self, *shape: int) -> nn.Parameter:
+        # Uninitialised on purpose: weights are loaded or random_init_ fills them.
+        return nn.Parameter(torch.empty(*shape, dtype=self.dtype, device=self.device), requires_grad=False)
 
 
 class Linear(nn.Module):
@@ -32,10 +43,8 @@ class Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, factory: _Factory) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory), requires_grad=False)  # type: ignore[arg-type]
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, **factory), requires_grad=False) if bias else None  # type: ignore[arg-type]
-        )
+        self.weight = factory.param(out_features, in_features)
+        self.bias = factory.param(out_features) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -44,7 +53,7 @@ class Linear(nn.Module):
 class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int, factory: _Factory) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_embeddings, dim, **factory), requires_grad=False)  # type: ignore[arg-type]
+        self.weight = factory.param(num_embeddings, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
@@ -55,7 +64,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, size: int, eps: float, factory: _Factory) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(size, **factory), requires_grad=False)  # type: ignore[arg-type]
+        self.weight = factory.param(size)
         self.eps = eps
 
     def forward(self, x: torch.Tensor, ops: KernelBackend) -> torch.Tensor:
@@ -173,7 +182,7 @@ class LlamaForCausalLM(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        factory: _Factory = {"dtype": dtype, "device": device}
+        factory = _Factory(dtype, device)
         self.model = LlamaModel(config, factory)
         self.lm_head = (
             None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, factory)

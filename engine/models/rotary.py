@@ -22,6 +22,11 @@ def rope_inv_freq(config: ModelConfig, device: torch.device | str | None = None)
     rope_type = scaling.get("rope_type", "default")
     if rope_type == "linear":
         return inv_freq / float(scaling["factor"])
+    if rope_type == "freq_factors":
+        factors = torch.tensor(scaling["freq_factors"], dtype=torch.float32, device=device)
+        if factors.numel() != inv_freq.numel():
+            raise ValueError(f"rope freq_factors has {factors.numel()} entries, expected {inv_freq.numel()}")
+        return inv_freq / factors
     if rope_type == "llama3":
         factor = float(scaling["factor"])
         low = float(scaling.get("low_freq_factor", 1.0))

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# On a shared, oversubscribed CPU, OpenMP's spin-waiting threads make small torch ops ~10x slower
+# in wall time; passive waiting avoids it. Only effective if torch is not imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.paged_runner import PagedRunner
-from support.tiny_models import load_hf_reference
 
 from shoal.engine.loader import load_model
+from support.paged_runner import PagedRunner
+from support.tiny_models import load_hf_reference
 
 TINY = ["tiny_llama_dir", "tiny_llama_tied_dir", "tiny_qwen2_dir", "tiny_qwen3_dir"]
 ATOL = 1e-4

@@ -65,6 +65,10 @@ def write_smollm2_tokenizer(out_dir: str | Path) -> None:
         (out / name).write_text(text, encoding="utf-8")
 
 
+def _rope(theta: float) -> Any:
+    return {"rope_type": "default", "rope_theta": theta}
+
+
 def tiny_hf_config(arch: str) -> Any:
     """The transformers config object of one tiny variant."""
     import transformers
@@ -87,9 +91,9 @@ def tiny_hf_config(arch: str) -> Any:
         return transformers.LlamaConfig(
             **common,
             tie_word_embeddings=False,
-            rope_theta=10000.0,
-            rope_scaling={
+            rope_parameters={
                 "rope_type": "llama3",
+                "rope_theta": 10000.0,
                 "factor": 4.0,
                 "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0,
@@ -97,11 +101,13 @@ def tiny_hf_config(arch: str) -> Any:
             },
         )
     if arch == "llama_tied":
-        return transformers.LlamaConfig(**common, tie_word_embeddings=True, rope_theta=100000.0)
+        return transformers.LlamaConfig(**common, tie_word_embeddings=True, rope_parameters=_rope(100000.0))
     if arch == "qwen2":
-        return transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0)
+        return transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_parameters=_rope(1e6))
     if arch == "qwen3":
-        return transformers.Qwen3Config(**common, head_dim=32, tie_word_embeddings=False, rope_theta=1000000.0)
+        return transformers.Qwen3Config(
+            **common, head_dim=32, tie_word_embeddings=False, rope_parameters=_rope(1e6)
+        )
     raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
 
 
@@ -208,6 +214,11 @@ def write_tiny_gguf(hf_dir: str | Path, out_path: str | Path, qtype: str = "F32"
     def permute(w: Any, n_head: int) -> Any:
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
+    rope = {**(cfg.get("rope_scaling") or {}), **(cfg.get("rope_parameters") or {})}
+    if rope.get("rope_type") == "llama3":
+        # llama.cpp stores Llama 3 rope scaling as per-frequency divisors in a `rope_freqs` tensor.
+        writer.add_tensor("rope_freqs.weight", _llama3_freq_factors(rope, head_dim))
+
     weights = load_file(str(hf_dir / "model.safetensors"))
     quant = gguf.GGMLQuantizationType[qtype]
     for name, w in weights.items():
@@ -231,3 +242,23 @@ def write_tiny_gguf(hf_dir: str | Path, out_path: str | Path, qtype: str = "F32"
     writer.write_tensors_to_file()
     writer.close()
     return Path(out_path)
+
+
+def _llama3_freq_factors(rope: dict[str, Any], head_dim: int) -> Any:
+    import math
+
+    import numpy as np
+
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_ctx = rope["original_max_position_embeddings"]
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * rope["rope_theta"] ** (i / head_dim)
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
