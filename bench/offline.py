@@ -128,8 +128,9 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
     }
     totals = dict.fromkeys(buckets, 0.0)
     for (_file, _line, func), (_cc, _nc, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        name = func.removeprefix("<built-in method torch._C._nn.").removesuffix(">")
         for bucket, names in buckets.items():
-            if func in names:
+            if name in names:
                 totals[bucket] += cumtime if bucket in ("logits (lm_head)", "sampler", "scheduler + block manager", "paged attention (torch)", "kv write") else tottime
     return [(k, v / elapsed * 100) for k, v in totals.items()]
 

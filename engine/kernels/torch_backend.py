@@ -61,55 +61,80 @@ class TorchBackend(KernelBackend):
         max_q_len: int,
         max_context_len: int,
     ) -> torch.Tensor:
-        """Gathers each sequence's K/V into a padded batch and runs one masked SDPA.
+        """Decodes in one batched SDPA over gathered blocks; each prompt chunk in its own causal SDPA.
 
-        Padding is masked out, so the result equals per-sequence attention; one batched
-        call keeps the CPU path fast for decode-heavy batches.
+        A chunk that starts at position 0 uses ``is_causal`` (the fused CPU kernel); a chunk
+        after cached tokens needs the bottom-right-aligned causal mask.
         """
-        num_seqs = context_lens.shape[0]
-        total_tokens, num_q_heads, head_dim = q.shape
-        block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-        device = q.device
-        cu = cu_seqlens_q.to(torch.long)
-        q_lens = cu[1:] - cu[:-1]
-        ctx = context_lens.to(torch.long)
+        cu = cu_seqlens_q.tolist()
+        ctx = context_lens.tolist()
+        q_lens = [cu[i + 1] - cu[i] for i in range(len(ctx))]
+        if max_q_len == 1:
+            return self._decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len)
+        out = torch.empty_like(q)
+        decode_rows = [i for i, n in enumerate(q_lens) if n == 1]
+        if decode_rows:
+            rows = torch.tensor(decode_rows, device=q.device)
+            token_rows = torch.tensor([cu[i] for i in decode_rows], device=q.device)
+            out[token_rows] = self._decode_attention(
+                q[token_rows], k_cache, v_cache, block_tables[rows], context_lens[rows], scale,
+                max(ctx[i] for i in decode_rows),
+            )
+        block_size, num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+        num_q_heads = q.shape[1]
+        for i, q_len in enumerate(q_lens):
+            if q_len == 1:
+                continue
+            length = ctx[i]
+            table = block_tables[i, : -(-length // block_size)].to(torch.long)
+            keys = k_cache[table].reshape(-1, num_kv_heads, head_dim)[:length]
+            values = v_cache[table].reshape(-1, num_kv_heads, head_dim)[:length]
+            if num_q_heads != num_kv_heads:
+                group = num_q_heads // num_kv_heads
+                keys = keys.repeat_interleave(group, dim=1)
+                values = values.repeat_interleave(group, dim=1)
+            queries = q[cu[i] : cu[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
+            keys = keys.transpose(0, 1).unsqueeze(0).to(q.dtype)
+            values = values.transpose(0, 1).unsqueeze(0).to(q.dtype)
+            if length == q_len:
+                res = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale)
+            else:
+                q_pos = torch.arange(length - q_len, length, device=q.device).unsqueeze(1)
+                mask = torch.arange(length, device=q.device).unsqueeze(0) <= q_pos
+                res = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+            out[cu[i] : cu[i + 1]] = res[0].transpose(0, 1)
+        return out
 
-        # Whole blocks are gathered (contiguous copies), then trimmed to the longest context: [B, Hk, L, D]
+    def _decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        scale: float,
+        max_context_len: int,
+    ) -> torch.Tensor:
+        """One query per sequence: gather whole blocks (contiguous copies), mask the padding, one SDPA."""
+        block_size = k_cache.shape[1]
+        device = q.device
+        ctx = context_lens.to(torch.long)
         num_table_blocks = min(block_tables.shape[1], -(-max_context_len // block_size))
         table = block_tables[:, :num_table_blocks].to(torch.long)
         used_blocks = (ctx + block_size - 1) // block_size
         table = table.masked_fill(torch.arange(num_table_blocks, device=device) >= used_blocks.unsqueeze(1), 0)
-        pos = torch.arange(max_context_len, device=device)
-        key_valid = pos.unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
-        keys = k_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)
+        keys = k_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)  # [B, Hk, L, D]
         values = v_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)
-
-        if max_q_len == 1:  # pure decode: one query per sequence, no scatter needed
-            seq_of_token = idx_in_seq = None
-            padded_q = q.unsqueeze(2)  # [B, Hq, 1, D]
-        else:  # queries scattered into [B, Hq, Qmax, D]
-            seq_of_token = torch.repeat_interleave(
-                torch.arange(num_seqs, device=device), q_lens, output_size=total_tokens
-            )
-            idx_in_seq = torch.arange(total_tokens, device=device) - cu[seq_of_token]
-            padded_q = q.new_zeros(num_seqs, max_q_len, num_q_heads, head_dim)
-            padded_q[seq_of_token, idx_in_seq] = q
-            padded_q = padded_q.transpose(1, 2)
-
-        # Causal mask with each query's absolute position: ctx - q_len + i
-        q_pos = (ctx - q_lens).unsqueeze(1) + torch.arange(max_q_len, device=device).unsqueeze(0)  # [B, Qmax]
-        mask = (pos.view(1, 1, -1) <= q_pos.unsqueeze(2)) & key_valid.unsqueeze(1)  # [B, Qmax, L]
+        key_valid = torch.arange(max_context_len, device=device).unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
         out = F.scaled_dot_product_attention(
-            padded_q,
+            q.unsqueeze(2),  # [B, Hq, 1, D]
             keys.to(q.dtype),
             values.to(q.dtype),
-            attn_mask=mask.unsqueeze(1),
+            attn_mask=key_valid[:, None, None, :],
             scale=scale,
-            enable_gqa=num_q_heads != num_kv_heads,
-        )  # [B, Hq, Qmax, D]
-        if seq_of_token is None:
-            return out.squeeze(2)
-        return out.transpose(1, 2)[seq_of_token, idx_in_seq]
+            enable_gqa=q.shape[1] != k_cache.shape[2],
+        )
+        return out.squeeze(2)
 
     def top_k_top_p_min_p(
         self, logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
