@@ -1,0 +1,50 @@
+"""``python -m shoal.router --config router.yaml [--host H] [--port N]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from shoal.router.app import create_app
+from shoal.router.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shoal.router", description="Shoal's OpenAI-compatible router")
+    parser.add_argument("--config", required=True, help="router.yaml (see shoal.router.config)")
+    parser.add_argument("--host", default=None, help="overrides listen.host")
+    parser.add_argument("--port", type=int, default=None, help="overrides listen.port")
+    parser.add_argument("--print-schema", action="store_true", help="print the config's JSON schema and exit")
+    args = parser.parse_args(argv)
+    if args.print_schema:
+        import json
+
+        from shoal.router.config import RouterConfig
+
+        print(json.dumps(RouterConfig.json_schema(), indent=2))
+        return 0
+    try:
+        cfg = load_config(args.config)
+    except Exception as exc:
+        print(f"invalid router config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    loop = "auto"  # uvloop and httptools when installed
+    uvicorn.run(
+        create_app(cfg),
+        host=args.host or cfg.listen.host,
+        port=args.port or cfg.listen.port,
+        loop=loop,
+        http="auto",
+        log_level=cfg.log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The router's ASGI app: OpenAI-compatible proxy routes plus /v1/models, /health, /metrics."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shoal.router.auth import KeyStore, RateLimiter
+from shoal.router.config import RouterConfig
+from shoal.router.discovery import EndpointSource
+from shoal.router.errors import RouterError
+from shoal.router.metrics import RouterMetrics
+from shoal.router.pool import PoolRuntime
+from shoal.router.proxy import ProxyEndpoint, Services
+from shoal.router.reliability import httpx_timeout
+from shoal.router.routes import RouteTable
+from shoal.router.upstream import UpstreamClient
+
+log = logging.getLogger("shoal.router")
+
+
+def make_client(cfg: RouterConfig) -> httpx.AsyncClient:
+    """The control-path client (health, metrics, digests, tokenizer): one keep-alive pool."""
+    limits = httpx.Limits(
+        max_connections=cfg.limits.max_connections,
+        max_keepalive_connections=cfg.limits.max_keepalive_connections,
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncClient(timeout=httpx_timeout(cfg.timeouts), limits=limits, trust_env=False)
+
+
+def build_services(
+    cfg: RouterConfig,
+    client: httpx.AsyncClient | None = None,
+    sources: Mapping[str, EndpointSource] | None = None,
+) -> Services:
+    """Everything the app serves with; ``sources`` overrides discovery per pool (tests)."""
+    metrics = RouterMetrics()
+    client = client or make_client(cfg)
+    pools = {
+        p.name: PoolRuntime(p, cfg, client, metrics, metrics, source=(sources or {}).get(p.name))
+        for p in cfg.pools
+    }
+    return Services(
+        cfg=cfg,
+        client=client,
+        upstream=UpstreamClient(cfg.timeouts.connect_s, cfg.limits.max_keepalive_connections),
+        pools=pools,
+        routes=RouteTable(cfg),
+        keys=KeyStore(cfg.auth),
+        limiter=RateLimiter(cfg.rate_limits),
+        metrics=metrics,
+    )
+
+
+class FastPath:
+    """ASGI entry point: generation requests go straight to the proxy, everything else to FastAPI.
+
+    The proxy does its own error handling, so skipping the framework's middleware stack
+    (several wrappers around every ``send`` of every streamed chunk) costs nothing.
+    """
+
+    def __init__(self, app: FastAPI, endpoints: Mapping[str, ProxyEndpoint]) -> None:
+        self.app = app
+        self.endpoints = dict(endpoints)
+        self.services: Services = app.state.services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
+    """The router's ASGI app. Pools start polling and discovery when the app starts (lifespan)."""
+    s = services or build_services(cfg)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for pool in s.pools.values():
+            await pool.start()
+        # Long-lived startup objects leave the collector's view: full collections stay short,
+        # which keeps them out of the tail latency of requests.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            for pool in s.pools.values():
+                await pool.stop()
+            await s.client.aclose()
+            await s.upstream.aclose()
+
+    app = FastAPI(title="Shoal router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.services = s
+    proxies = {
+        "/v1/chat/completions": ProxyEndpoint(s, "chat", "/v1/chat/completions"),
+        "/v1/completions": ProxyEndpoint(s, "completion", "/v1/completions"),
+    }
+    for path, endpoint in proxies.items():
+        app.router.routes.append(Route(path, endpoint, methods=["POST"]))
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            s.keys.authenticate({k.lower(): v for k, v in request.headers.items()})
+        except RouterError as err:
+            return err.response()
+        data = []
+        for name, pool in sorted(s.routes.model_names().items()):
+            served = s.pools[pool].endpoints if pool else None
+            ready = sum(1 for e in served if e.breaker.available) if served is not None else None
+            data.append(
+                {"id": name, "object": "model", "created": created, "owned_by": "shoal",
+                 "pool": pool or None, "ready_endpoints": ready}
+            )
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health")
+    async def health() -> Response:
+        pools = {
+            name: {"endpoints": len(p.endpoints), "healthy": sum(1 for e in p.endpoints if e.breaker.available)}
+            for name, p in s.pools.items()
+        }
+        ok = all(v["healthy"] > 0 for v in pools.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", "pools": pools}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(s.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return FastPath(app, proxies)

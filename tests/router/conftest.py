@@ -1,0 +1,8 @@
+"""Router test setup: makes the fakes in this folder importable as ``_fakes``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
