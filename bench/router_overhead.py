@@ -197,6 +197,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.levels, args.hold = "1,16", "100"
+        if args.out == str(RESULTS):
+            args.out = str(RESULTS.with_name("router-overhead-quick.md"))
     try:
         import uvloop
 

@@ -170,8 +170,9 @@ def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wal
                   f"round-robin ({pa.p50_ms:.0f} vs {rr.p50_ms:.0f} ms; target >= 2x), with a hit rate of "
                   f"**{pa.hit / pa.oracle:.0%}** of the single-engine oracle ({pa.hit:.3f} vs {pa.oracle:.3f}; "
                   "target >= 85%).", ""]
-    lines += ["![TTFT and hit rate vs load](routing.png)", ""]
-    (RESULTS / "routing.md").write_text("\n".join(lines))
+    name = "routing-quick" if args.quick else "routing"
+    lines += [f"![TTFT and hit rate vs load]({name}.png)", ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
 
 def main() -> int:
@@ -189,9 +190,10 @@ def main() -> int:
     for n, rates in sweeps.items():
         rows += run(n, [float(r) for r in rates], args.duration, args.warmup, list(POLICIES))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(rows, list(sweeps), RESULTS / "routing.png")
+    name = "routing-quick" if args.quick else "routing"
+    plot(rows, list(sweeps), RESULTS / f"{name}.png")
     write(rows, list(sweeps), args, time.time() - t0)
-    print(f"wrote {RESULTS / 'routing.md'}")
+    print(f"wrote {RESULTS / (name + '.md')}")
     return 0
 
 

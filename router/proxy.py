@@ -305,9 +305,10 @@ class ProxyEndpoint:
     @staticmethod
     def _response_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
         out = [(b"content-type", resp.headers.get("content-type", "application/json").encode("latin-1"))]
-        encoding = resp.headers.get("content-encoding")
-        if encoding:
-            out.append((b"content-encoding", encoding.encode("latin-1")))
+        for name in ("content-encoding", "retry-after"):
+            value = resp.headers.get(name)
+            if value:
+                out.append((name.encode("latin-1"), value.encode("latin-1")))
         return out
 
     async def _relay_body(self, attempt: _Attempt, send: Send, started: float) -> None:
