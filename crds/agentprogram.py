@@ -1,0 +1,101 @@
+"""AgentProgram: a class of multi-turn agent workflows the router schedules as a whole."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from shoal.crds.common import DNS_LABEL, ApiModel, Condition, Reason, ResourceRequirements, spec_error
+
+
+class ProgramLimits(ApiModel):
+    """Bounds on the programs of this class."""
+
+    max_concurrent_programs: Annotated[int, Field(ge=1, le=100_000)] = 8
+    """Programs of this class admitted at once; more wait in the queue."""
+    max_context_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Most tokens one program may keep in context (empty: the model's limit)."""
+    lease_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    """A program idle longer than this is released (its KV and sandbox freed)."""
+
+
+class SandboxTemplate(ApiModel):
+    """The environment the program's tools run in (one sandbox per program)."""
+
+    image: Annotated[str, Field(min_length=1)] | None = None
+    """Container image (Kubernetes backend)."""
+    command: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Command of a local sandbox process (local backend)."""
+    resources: ResourceRequirements | None = None
+    """Resources of one sandbox."""
+    network: Literal["none", "egress"] = "none"
+    """none (no network) or egress (outbound only)."""
+    warm_pool_size: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Sandboxes kept started ahead of demand."""
+    ttl_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    """A sandbox is removed this long after its program ends."""
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> SandboxTemplate:
+        if (self.image is None) == (not self.command):
+            raise spec_error(Reason.SANDBOX_INVALID, "set exactly one of image or command")
+        return self
+
+
+class Tool(ApiModel):
+    """A tool the program's model may call; it runs inside the program's sandbox."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
+    """Function name shown to the model."""
+    description: str = ""
+    """What the tool does (shown to the model)."""
+    command: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Command run in the sandbox; the call's JSON arguments arrive on stdin."""
+
+
+class AgentProgramSpec(ApiModel):
+    """Desired state of an AgentProgram."""
+
+    router: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    """Router (same namespace) that schedules these programs."""
+    model: Annotated[str, Field(min_length=1)]
+    """Served model name the programs use (served by one of the router's pools)."""
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    """Admission priority; higher is admitted first."""
+    limits: Annotated[ProgramLimits, Field(json_schema_extra={"default": {}})] = ProgramLimits()
+    """Concurrency, context and lease limits."""
+    sandbox: SandboxTemplate | None = None
+    """Tool environment; empty runs no sandbox (tools are then not allowed)."""
+    tools: list[Tool] | None = None
+    """Tools available to the programs."""
+
+    @model_validator(mode="after")
+    def _tools_need_sandbox(self) -> AgentProgramSpec:
+        names = [t.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise spec_error(Reason.SPEC_INVALID, "tools: names must be unique")
+        if names and self.sandbox is None:
+            raise spec_error(Reason.SANDBOX_INVALID, "tools need a sandbox to run in")
+        return self
+
+
+class AgentProgramStatus(ApiModel):
+    """Observed state of an AgentProgram."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation the operator last acted on."""
+    router_config_hash: str | None = None
+    """Hash of the router configuration that includes this program class."""
+    conditions: list[Condition] | None = None
+    """Ready, Progressing and Degraded."""
+
+
+class AgentProgram(ApiModel):
+    """A class of agent workflows: which router and model, priority, limits, sandbox and tools."""
+
+    api_version: Literal["shoal.dev/v1alpha1"] = "shoal.dev/v1alpha1"
+    kind: Literal["AgentProgram"] = "AgentProgram"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: AgentProgramSpec
+    status: AgentProgramStatus | None = None

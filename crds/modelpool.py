@@ -1,0 +1,256 @@
+"""ModelPool: a set of identical engine replicas serving one model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from shoal.crds.common import ApiModel, Condition, Reason, ResourceRequirements, Toleration, spec_error
+
+MODEL_SCHEMES = ("bundled", "file", "hostpath", "pvc", "https", "http")
+"""URI schemes a model source may use (see ModelSource.uri)."""
+
+BUNDLED_MODELS = ("smollm2-135m-instruct",)
+"""Models the engine ships with (``bundled:<name>``)."""
+
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class ModelUri:
+    """A parsed ModelSource.uri."""
+
+    scheme: str
+    """bundled, file, hostpath, pvc, https or http."""
+    location: str
+    """Bundled name, absolute path (file, hostpath), path inside the claim (pvc) or the URL."""
+    claim: str | None = None
+    """PersistentVolumeClaim name (pvc)."""
+
+    @property
+    def file_name(self) -> str:
+        """Last path component (the downloaded file's name for https)."""
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_model_uri(uri: str) -> ModelUri:
+    """Parse a model URI; ValueError names what is wrong."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in MODEL_SCHEMES:
+        raise ValueError(f"unsupported model URI {uri!r}: use one of {', '.join(s + ':' for s in MODEL_SCHEMES)}")
+    if scheme == "bundled":
+        if rest not in BUNDLED_MODELS:
+            raise ValueError(f"unknown bundled model {rest!r}: known are {', '.join(BUNDLED_MODELS)}")
+        return ModelUri(scheme, rest)
+    parts = urlsplit(uri)
+    if scheme in ("file", "hostpath"):
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(f"{scheme} URI needs an absolute path ({scheme}:///models/x), got {uri!r}")
+        return ModelUri(scheme, parts.path)
+    if scheme == "pvc":
+        path = parts.path.strip("/")
+        if not parts.netloc or not path:
+            raise ValueError(f"pvc URI needs a claim and a path (pvc://<claim>/<path>), got {uri!r}")
+        return ModelUri(scheme, path, claim=parts.netloc)
+    if not parts.netloc or not parts.path.endswith(".gguf"):
+        raise ValueError(f"{scheme} model downloads must name a single .gguf file, got {uri!r}")
+    return ModelUri(scheme, uri)
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Kernels(StrEnum):
+    TORCH = "torch"
+    TRITON = "triton"
+
+
+class ModelSource(ApiModel):
+    """Where the weights come from and the name clients ask for."""
+
+    uri: Annotated[str, Field(min_length=3, pattern=r"^[a-z][a-z0-9+.-]*:.+$")]
+    """Model location. One of: ``bundled:smollm2-135m-instruct`` (shipped with the engine);
+    ``pvc://<claim>/<path>`` (a PersistentVolumeClaim, mounted read-only); ``hostpath:///<path>``
+    (a node path); ``file:///<path>`` (a path inside the engine image, or on this machine for
+    ``shoal up``); ``https://.../<file>.gguf`` (downloaded by an init container). The path names
+    a Hugging Face folder (config.json + *.safetensors + tokenizer.json) or a .gguf file."""
+    served_model_name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
+    """The model name in the OpenAI API (the ``model`` field of requests)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _known_source(cls, uri: str) -> str:
+        try:
+            parse_model_uri(uri)
+        except ValueError as exc:
+            raise spec_error(Reason.MODEL_SOURCE_INVALID, str(exc)) from None
+        return uri
+
+
+class Speculation(ApiModel):
+    """Speculative decoding. Not supported yet: a pool that sets it is Degraded (FeatureNotSupported)."""
+
+    method: Literal["ngram", "draft"] = "ngram"
+    """ngram (prompt lookup) or draft (a smaller draft model)."""
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=16)] = 4
+    """Tokens proposed per step."""
+    draft_model_uri: str | None = None
+    """Draft model location (method draft)."""
+
+
+class EngineSettings(ApiModel):
+    """Settings of each engine replica (flags of ``python -m shoal.engine serve``)."""
+
+    block_size: Literal[8, 16, 32, 64, 128] = 16
+    """Tokens per KV-cache block."""
+    max_num_batched_tokens: Annotated[int, Field(ge=16, le=1_048_576)] = 1024
+    """Token budget of one engine step (decodes first, prompt chunks fill the rest)."""
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Most sequences running at once."""
+    max_model_len: Annotated[int, Field(ge=2, le=1_048_576)] | None = None
+    """Longest prompt + output in tokens; defaults to the model's context length."""
+    kv_cache_memory_gb: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    """Memory reserved for the paged KV cache, in GiB."""
+    prefix_caching: bool = True
+    """Reuse KV blocks across requests that share a prefix."""
+    dtype: Dtype = Dtype.AUTO
+    """Weights/activations dtype; auto is float32 on CPU and bfloat16 on GPU."""
+    device: Device = Device.AUTO
+    """cpu, cuda, or auto (cuda when the pool requests nvidia.com/gpu)."""
+    kernels: Kernels | None = None
+    """Kernel backend; empty picks by device (torch on CPU, triton on GPU)."""
+    max_waiting_requests: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """Most requests a replica holds without a first token; past it, HTTP 429 + Retry-After
+    (empty: the engine default)."""
+    speculation: Speculation | None = None
+    """Speculative decoding. Not supported yet: setting it makes the pool Degraded (FeatureNotSupported)."""
+
+
+class Autoscaling(ApiModel):
+    """Scale replicas on the engines' queue depth (vllm:num_requests_waiting per replica)."""
+
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Fewest replicas."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)]
+    """Most replicas."""
+    target_waiting_requests: Annotated[float, Field(gt=0, le=10000)] = 4.0
+    """Average waiting requests per replica the autoscaler aims for."""
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
+    """How long load must stay low before scaling down."""
+    prometheus_address: str = "http://prometheus-server.monitoring.svc:9090"
+    """Prometheus the KEDA trigger queries (used only when KEDA is installed; else an HPA on the
+    custom metrics API is created)."""
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter. Not supported yet: a pool that lists adapters is Degraded (FeatureNotSupported)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    """Adapter name in the OpenAI API."""
+    uri: Annotated[str, Field(min_length=1)]
+    """Adapter location."""
+
+
+class ModelPoolSpec(ApiModel):
+    """Desired state of a ModelPool."""
+
+    model: ModelSource
+    """The model this pool serves."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Engine replicas (the scale subresource; written by the autoscaler when autoscaling is set)."""
+    autoscaling: Autoscaling | None = None
+    """Scale on queue depth between minReplicas and maxReplicas instead of a fixed count."""
+    engine: Annotated[EngineSettings, Field(json_schema_extra={"default": {}})] = EngineSettings()
+    """Engine settings shared by every replica."""
+    resources: ResourceRequirements | None = None
+    """Resources of each engine container (cpu, memory, nvidia.com/gpu)."""
+    image: Annotated[str, Field(min_length=1)] | None = None
+    """Engine image; empty uses the operator's default."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the replicas must run on."""
+    tolerations: list[Toleration] | None = None
+    """Taints the replicas tolerate."""
+    adapters: list[Adapter] | None = None
+    """LoRA adapters. Not supported yet: setting it makes the pool Degraded (FeatureNotSupported)."""
+
+    @model_validator(mode="after")
+    def _supported(self) -> ModelPoolSpec:
+        if self.engine.speculation is not None:
+            raise spec_error(Reason.FEATURE_NOT_SUPPORTED, "engine.speculation: speculative decoding is not supported yet")
+        if self.adapters:
+            raise spec_error(Reason.FEATURE_NOT_SUPPORTED, "adapters: LoRA adapters are not supported yet")
+        a = self.autoscaling
+        if a is not None and a.min_replicas > a.max_replicas:
+            raise spec_error(
+                Reason.AUTOSCALING_INVALID,
+                f"autoscaling.minReplicas ({a.min_replicas}) exceeds maxReplicas ({a.max_replicas})",
+            )
+        requests = (self.resources.requests if self.resources else None) or {}
+        limits = (self.resources.limits if self.resources else None) or {}
+        gpus = limits.get(GPU_RESOURCE, 0)
+        if not (isinstance(gpus, int) or str(gpus).isdigit()):
+            raise spec_error(Reason.RESOURCES_INVALID, f"resources.limits[{GPU_RESOURCE}] must be a whole number")
+        if GPU_RESOURCE in requests and str(requests[GPU_RESOURCE]) != str(limits.get(GPU_RESOURCE)):
+            raise spec_error(
+                Reason.RESOURCES_INVALID, f"resources: {GPU_RESOURCE} must be set in limits (requests must equal limits)"
+            )
+        if self.engine.device == Device.CUDA and self.gpus == 0:
+            raise spec_error(Reason.RESOURCES_INVALID, f"engine.device cuda needs resources.limits[{GPU_RESOURCE}] >= 1")
+        if self.gpus and self.engine.device == Device.CPU:
+            raise spec_error(Reason.RESOURCES_INVALID, f"engine.device cpu contradicts {GPU_RESOURCE} limits")
+        return self
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per replica (resources.limits[nvidia.com/gpu])."""
+        limits = (self.resources.limits if self.resources else None) or {}
+        return int(limits.get(GPU_RESOURCE, 0))
+
+    @property
+    def device(self) -> Device:
+        """The replica's device once auto is resolved."""
+        if self.engine.device != Device.AUTO:
+            return self.engine.device
+        return Device.CUDA if self.gpus else Device.CPU
+
+
+class ModelPoolStatus(ApiModel):
+    """Observed state of a ModelPool."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation the operator last acted on."""
+    replicas: Annotated[int, Field(ge=0)] | None = None
+    """Replicas that exist (the scale subresource's status)."""
+    ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Replicas passing their readiness probe."""
+    selector: str | None = None
+    """Label selector of the replicas' pods (the scale subresource's selector)."""
+    endpoints: list[str] | None = None
+    """Base URLs that serve this pool's model (the Service in a cluster; the replicas under shoal up)."""
+    conditions: list[Condition] | None = None
+    """Ready, Progressing and Degraded."""
+
+
+class ModelPool(ApiModel):
+    """A pool of engine replicas serving one model, with autoscaling on queue depth."""
+
+    api_version: Literal["shoal.dev/v1alpha1"] = "shoal.dev/v1alpha1"
+    kind: Literal["ModelPool"] = "ModelPool"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: ModelPoolSpec
+    status: ModelPoolStatus | None = None

@@ -1,0 +1,35 @@
+"""ModelPool spec -> the engine's command-line flags (shared by the Deployment and ``shoal up``)."""
+
+from __future__ import annotations
+
+from shoal.crds.modelpool import ModelPoolSpec
+
+
+def engine_args(spec: ModelPoolSpec, model: str, *, host: str, port: int) -> list[str]:
+    """Flags of ``python -m shoal.engine serve`` for one replica of ``spec``.
+
+    ``model`` is what ``--model`` receives: a path as seen by the replica, or ``bundled:<name>``.
+    """
+    e = spec.engine
+    args = [
+        "serve",
+        "--model", model,
+        "--served-model-name", spec.model.served_model_name,
+        "--host", host,
+        "--port", str(port),
+        "--device", spec.device.value,
+        "--dtype", e.dtype.value,
+        "--block-size", str(e.block_size),
+        "--max-num-batched-tokens", str(e.max_num_batched_tokens),
+        "--max-num-seqs", str(e.max_num_seqs),
+        "--kv-cache-memory-gb", f"{e.kv_cache_memory_gb:g}",
+    ]  # fmt: skip
+    if e.max_model_len is not None:
+        args += ["--max-model-len", str(e.max_model_len)]
+    if not e.prefix_caching:
+        args.append("--no-prefix-caching")
+    if e.kernels is not None:
+        args += ["--kernels", e.kernels.value]
+    if e.max_waiting_requests is not None:
+        args += ["--max-waiting", str(e.max_waiting_requests)]
+    return args

@@ -1,0 +1,144 @@
+"""kopf handlers: thin adapters from kopf events to the controllers.
+
+Run with ``shoal operator`` (or ``kopf run -m shoal.operator.handlers``). Invalid specs become a
+PermanentError (the controller already wrote Degraded + an Event); missing dependencies become a
+TemporaryError, retried. No finalizers (so no timers either): children are owned and
+garbage-collected by Kubernetes, and status follows child and pool watch events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable
+from typing import Any
+
+import kopf
+
+from shoal.crds import GROUP, VERSION
+from shoal.operator.builders.common import LABEL_MANAGED_BY, MANAGER, Images
+from shoal.operator.context import Ctx, NotReady, SpecRejected
+from shoal.operator.kube import ROUTERS, KubeClient
+from shoal.operator.pools import reconcile_pool, refresh_pool_status
+from shoal.operator.programs import forget_program, reconcile_program
+from shoal.operator.routers import reconcile_router, refresh_router_status
+
+
+@kopf.on.startup()
+async def startup(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    # Progress and diff-base in annotations: status stays the resource's own, schema-checked record.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    # One INFO line per API request would cost more than the reconcile itself at scale.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    settings.watching.server_timeout = 300
+    kube = KubeClient.from_environment()
+    images = Images(
+        engine=os.environ.get("SHOAL_ENGINE_IMAGE", Images.engine),
+        router=os.environ.get("SHOAL_ROUTER_IMAGE", Images.router),
+        pull_policy=os.environ.get("SHOAL_IMAGE_PULL_POLICY", Images.pull_policy),
+    )
+    keda = await kube.has_api("keda.sh/v1alpha1")
+    check_secrets = os.environ.get("SHOAL_CHECK_SECRETS", "true").lower() in ("1", "true", "yes")
+    memo.ctx = Ctx(kube=kube, images=images, keda=keda, check_secrets=check_secrets)
+    logger.info("shoal operator: autoscaling via %s", "KEDA" if keda else "HPA")
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ctx: Ctx | None = getattr(memo, "ctx", None)
+    if ctx is not None:
+        await ctx.kube.aclose()
+
+
+async def _run(step: Awaitable[Any]) -> Any:
+    try:
+        return await step
+    except SpecRejected as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    except NotReady as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+
+
+@kopf.index(GROUP, VERSION, "routers")
+def routers_by_pool(namespace: str | None, name: str | None, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    """(namespace, pool) -> names of the routers that list the pool (kept from the watch, no API calls)."""
+    pools = spec.get("pools") or []
+    return {(namespace, p["name"]): name for p in pools if isinstance(p, dict) and isinstance(p.get("name"), str)}
+
+
+def _routers_of(index: kopf.Index[Any, Any], namespace: str, pool: str) -> list[str]:
+    # Indexes arrive as extra keyword arguments named after the index function.
+    return sorted(set(index.get((namespace, pool), [])))
+
+
+@kopf.on.resume(GROUP, VERSION, "modelpools")
+@kopf.on.create(GROUP, VERSION, "modelpools")
+@kopf.on.update(GROUP, VERSION, "modelpools")
+async def modelpool(
+    body: kopf.Body, reason: str, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **kw: Any
+) -> None:
+    ctx: Ctx = memo.ctx
+    # A new pool cannot have a stale autoscaler to remove.
+    await _run(reconcile_pool(ctx, dict(body), prune=reason != "create"))
+    # Routers that name this pool may render a new config (its served name) or find it at last.
+    namespace = body.metadata.namespace or "default"
+    for name in _routers_of(kw["routers_by_pool"], namespace, body.metadata.name):
+        router = await ctx.kube.get(ROUTERS, namespace, name)
+        if router is None:
+            continue
+        try:
+            await reconcile_router(ctx, router)
+        except (SpecRejected, NotReady) as exc:
+            logger.info("router %s not updated: %s", name, exc)
+
+
+@kopf.on.resume(GROUP, VERSION, "routers")
+@kopf.on.create(GROUP, VERSION, "routers")
+@kopf.on.update(GROUP, VERSION, "routers")
+async def router(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _run(reconcile_router(memo.ctx, dict(body)))
+
+
+@kopf.on.event(GROUP, VERSION, "modelpools")
+async def pool_changed(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """Any pool event (status included): the routers serving it recount their ready endpoints.
+
+    An event handler, not a timer: kopf guards timers with a finalizer, and nothing here needs one.
+    """
+    namespace = body.metadata.namespace or "default"
+    for name in _routers_of(kw["routers_by_pool"], namespace, body.metadata.name):
+        await refresh_router_status(memo.ctx, namespace, name)
+
+
+@kopf.on.resume(GROUP, VERSION, "agentprograms")
+@kopf.on.create(GROUP, VERSION, "agentprograms")
+@kopf.on.update(GROUP, VERSION, "agentprograms")
+async def agentprogram(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _run(reconcile_program(memo.ctx, dict(body)))
+
+
+@kopf.on.event(GROUP, VERSION, "agentprograms")
+async def agentprogram_deleted(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    # A watch event rather than on.delete: no finalizer is needed to drop a program from its router.
+    if type == "DELETED":
+        await forget_program(memo.ctx, dict(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER})
+async def child_deployment(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A Deployment the operator owns changed: refresh its owner's status."""
+    owner = next((r for r in body.metadata.get("ownerReferences", []) if r.get("controller")), None)
+    if owner is None or not str(owner.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        return
+    namespace = body.metadata.namespace or "default"
+    deployment = None if type == "DELETED" else dict(body)
+    if owner["kind"] == "ModelPool":
+        await refresh_pool_status(memo.ctx, namespace, owner["name"], deployment)
+    elif owner["kind"] == "Router":
+        await refresh_router_status(memo.ctx, namespace, owner["name"], deployment)

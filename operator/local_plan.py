@@ -1,0 +1,121 @@
+"""What ``shoal up`` runs for a set of manifests: processes, their ports and config files (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.crds import parse_model_uri
+from shoal.operator.builders.engine_args import engine_args
+from shoal.operator.builders.modelpool import desired_replicas
+from shoal.operator.builders.router_config import render
+from shoal.operator.manifests import LocalStack
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One local process: an engine replica or a router."""
+
+    name: str
+    """``engine/<pool>-<i>`` or ``router/<name>``."""
+    argv: tuple[str, ...]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.url}/health"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Processes in start order (engines, then routers), files to write first, and what to tell the user."""
+
+    processes: tuple[ProcessSpec, ...]
+    files: dict[Path, str] = field(default_factory=dict)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    """Router name (or pool name without a router) -> OpenAI base URL."""
+    api_keys: dict[str, str] = field(default_factory=dict)
+    """Router name -> one accepted API key (for the demo request)."""
+    models: dict[str, str] = field(default_factory=dict)
+    """Router name (or pool name) -> a model name it serves."""
+    notes: tuple[str, ...] = ()
+
+
+def local_model(uri: str) -> str:
+    """The ``--model`` value for this machine."""
+    src = parse_model_uri(uri)
+    return f"bundled:{src.location}" if src.scheme == "bundled" else src.location
+
+
+def plan_stack(
+    stack: LocalStack,
+    state_dir: Path,
+    ports: Iterator[int],
+    *,
+    python: str,
+    router_port: int | None = None,
+    engine_module: str = "shoal.engine",
+) -> Plan:
+    """Engine replicas on free ports, then each router with static endpoints to them."""
+    processes: list[ProcessSpec] = []
+    replicas: dict[str, list[str]] = {}
+    notes: list[str] = []
+    logs = state_dir / "logs"
+    for name, pool in stack.pools.items():
+        count = desired_replicas(pool)
+        if pool.autoscaling is not None:
+            notes.append(f"ModelPool {name}: autoscaling is not emulated locally; running {count} replica(s)")
+        replicas[name] = []
+        for i in range(count):
+            port = next(ports)
+            args = engine_args(pool, local_model(pool.model.uri), host=HOST, port=port)
+            spec = ProcessSpec(f"engine/{name}-{i}", (python, "-m", engine_module, *args), port, logs / f"{name}-{i}.log")
+            processes.append(spec)
+            replicas[name].append(spec.url)
+
+    files: dict[Path, str] = {}
+    endpoints: dict[str, str] = {}
+    api_keys: dict[str, str] = {}
+    models: dict[str, str] = {}
+    for index, (name, router) in enumerate(stack.routers.items()):
+        port = router_port if index == 0 and router_port else next(ports)
+        folder = state_dir / "routers" / name
+        keys_dir: str | None = None
+        if router.auth is not None:
+            secret = stack.secrets[router.auth.api_keys_secret.name]
+            keys_dir = str(folder / "api-keys")
+            files.update({folder / "api-keys" / key: value + "\n" for key, value in secret.items()})
+            api_keys[name] = next(iter(secret.values()))
+        programs = {n: p for n, p in stack.programs.items() if p.router == name}
+        pools = {ref.name: stack.pools.get(ref.name) for ref in router.pools}
+        rendered = render(
+            router, pools, programs, lambda pool: {"static": replicas[pool]},
+            host=HOST, port=port, api_keys_path=keys_dir,
+        )  # fmt: skip
+        files[folder / "router.yaml"] = rendered.router_yaml
+        files[folder / "programs.yaml"] = rendered.programs_yaml
+        processes.append(
+            ProcessSpec(
+                f"router/{name}",
+                (python, "-m", "shoal.router", "--config", str(folder / "router.yaml")),
+                port,
+                logs / f"router-{name}.log",
+            )
+        )
+        endpoints[name] = f"http://{HOST}:{port}/v1"
+        first = stack.pools[router.pools[0].name]
+        models[name] = first.model.served_model_name
+    if not stack.routers:
+        for name, urls in replicas.items():
+            if urls:
+                endpoints[name] = f"{urls[0]}/v1"
+                models[name] = stack.pools[name].model.served_model_name
+    return Plan(tuple(processes), files, endpoints, api_keys, models, tuple(notes))

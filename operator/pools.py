@@ -1,0 +1,96 @@
+"""ModelPool controller: children from the spec, status from the Deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shoal.crds import ModelPoolSpec
+from shoal.operator.builders.common import Owner, selector_labels
+from shoal.operator.builders.modelpool import pool_children, service_url
+from shoal.operator.context import (
+    Ctx,
+    NotReady,
+    SpecRejected,
+    generation,
+    report_problem,
+    status_unchanged,
+    validate_spec,
+)
+from shoal.operator.kube import DEPLOYMENTS, HPAS, MODELPOOLS, SCALEDOBJECTS
+from shoal.operator.status import now_rfc3339, pool_status, selector_string
+
+
+async def reconcile_pool(ctx: Ctx, body: dict[str, Any], *, prune: bool = True) -> ModelPoolSpec:
+    """Make the pool's children match its spec and record the outcome in status.
+
+    ``prune`` removes an autoscaler the spec no longer asks for. Raises SpecRejected for an
+    invalid spec (no child is created or changed).
+    """
+    meta = body["metadata"]
+    async with ctx.lock("ModelPool", meta.get("namespace") or "default", meta["name"]):
+        return await _reconcile(ctx, body, prune)
+
+
+async def _reconcile(ctx: Ctx, body: dict[str, Any], prune: bool) -> ModelPoolSpec:
+    try:
+        spec = validate_spec(ModelPoolSpec, body)
+    except (SpecRejected, NotReady) as exc:
+        await report_problem(ctx, MODELPOOLS, body, exc.reason, exc.message)
+        raise
+    owner = Owner.of(body)
+    children = pool_children(owner, spec, ctx.images, keda=ctx.keda)
+    applied = await asyncio.gather(*(ctx.kube.apply(c) for c in children))
+    if prune:
+        await _drop_stale_autoscalers(ctx, owner, spec)
+    deployment = next(a for a in applied if a.get("kind") == "Deployment")
+    await write_pool_status(ctx, body, deployment, generation(body))
+    return spec
+
+
+async def _drop_stale_autoscalers(ctx: Ctx, owner: Owner, spec: ModelPoolSpec) -> None:
+    stale = [HPAS, SCALEDOBJECTS]
+    if spec.autoscaling is not None:
+        stale.remove(SCALEDOBJECTS if ctx.keda else HPAS)
+    if not ctx.keda and SCALEDOBJECTS in stale:
+        stale.remove(SCALEDOBJECTS)  # the API does not exist: nothing to delete
+    for rt in stale:
+        await ctx.kube.delete(rt, owner.namespace, f"{owner.name}-engine")
+
+
+async def write_pool_status(
+    ctx: Ctx, body: dict[str, Any], deployment: dict[str, Any] | None, observed: int | None, *, fresh: bool = False
+) -> None:
+    """Patch the pool's status; ``fresh`` bodies were just read, so an unchanged status is not written."""
+    owner = Owner.of(body)
+    status = pool_status(
+        observed,
+        deployment,
+        selector=selector_string(selector_labels(owner)),
+        endpoints=[service_url(owner)],
+        old_conditions=(body.get("status") or {}).get("conditions"),
+        now=now_rfc3339(),
+    )
+    if fresh and status_unchanged(body, status):
+        return
+    await ctx.kube.patch_status(MODELPOOLS, owner.namespace, owner.name, status)
+
+
+async def refresh_pool_status(ctx: Ctx, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
+    """Recompute a valid pool's status after its Deployment changed (invalid pools keep their Degraded status)."""
+    async with ctx.lock("ModelPool", namespace, name):
+        await _refresh(ctx, namespace, name, deployment)
+
+
+async def _refresh(ctx: Ctx, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
+    body = await ctx.kube.get(MODELPOOLS, namespace, name)
+    if body is None:
+        return
+    try:
+        validate_spec(ModelPoolSpec, body)
+    except SpecRejected:
+        return
+    if deployment is None:
+        deployment = await ctx.kube.get(DEPLOYMENTS, namespace, f"{name}-engine")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    await write_pool_status(ctx, body, deployment, observed, fresh=True)

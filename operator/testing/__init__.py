@@ -1,0 +1,1 @@
+"""Test support shipped with the operator: a kmock API emulator, helm/kubectl from a wheel."""

@@ -1,0 +1,258 @@
+"""A kmock-based Kubernetes API emulator good enough for a real ``kopf run`` (tests and benches).
+
+kmock 0.8 needs these additions for an operator: ``GET /api/v1/namespaces`` is routed (with a
+seeded ``default`` namespace); stored objects get ``uid``, ``resourceVersion``,
+``creationTimestamp`` and ``generation`` (bumped on spec changes, as a real API server does; no-op patches change nothing); and
+deleting an object deletes its dependents by ``ownerReferences`` (the garbage collector); a
+server-side apply creates a missing object; a failed JSON-patch ``test`` is a 422. There
+are still no controllers (Deployments never get pods), no label selectors and no schema checks.
+
+``python -m shoal.operator.testing.kmock_cluster --kubeconfig PATH`` serves one until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import jsonpatch
+import kmock
+from kmock._internal import dicts, enums, rendering
+
+_ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+
+BUILTIN: dict[str, tuple[str, bool, set[str]]] = {
+    # resource -> (kind, namespaced, subresources)
+    "v1/namespaces": ("Namespace", False, set()),
+    "v1/events": ("Event", True, set()),
+    "v1/services": ("Service", True, set()),
+    "v1/configmaps": ("ConfigMap", True, set()),
+    "v1/secrets": ("Secret", True, set()),
+    "v1/serviceaccounts": ("ServiceAccount", True, set()),
+    "v1/pods": ("Pod", True, {"status"}),
+    "apps/v1/deployments": ("Deployment", True, {"status", "scale"}),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True, {"status"}),
+    "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", True, {"status"}),
+    "rbac.authorization.k8s.io/v1/roles": ("Role", True, set()),
+    "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True, set()),
+    "events.k8s.io/v1/events": ("Event", True, set()),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, {"status"}),
+    "shoal.dev/v1alpha1/modelpools": ("ModelPool", True, {"status", "scale"}),
+    "shoal.dev/v1alpha1/routers": ("Router", True, {"status"}),
+    "shoal.dev/v1alpha1/agentprograms": ("AgentProgram", True, {"status"}),
+}
+KEDA = {"keda.sh/v1alpha1/scaledobjects": ("ScaledObject", True, {"status"})}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ShoalEmulator(kmock.KubernetesEmulator):
+    """kmock's KubernetesEmulator plus the additions an operator needs (see the module docstring)."""
+
+    def __init__(self, *, keda: bool = False) -> None:
+        super().__init__()
+        self._versions = itertools.count(1)
+        self._namespaces = ["default"]
+        for key, (kind, namespaced, subresources) in {**BUILTIN, **(KEDA if keda else {})}.items():
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=_ALL_VERBS, subresources=subresources
+            )
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse the namespace list URL (it reads "namespaces" as a namespace prefix).
+        if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            if raw_request.query.get("watch") == "true":
+                return await self._idle_watch(raw_request)
+            items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in self._namespaces]
+            return aiohttp.web.json_response({"kind": "NamespaceList", "metadata": {"resourceVersion": "1"}, "items": items})
+        try:
+            return await super().__call__(raw_request)
+        finally:
+            # kmock matches every request against its whole request log (O(log) per request). Nothing
+            # here asserts on that log, so keep only requests in flight (watch streams) in it.
+            self._requests[:] = [r for r in self._requests if r._raw_request is not raw_request]
+
+    async def _idle_watch(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        await asyncio.sleep(float(raw_request.query.get("timeoutSeconds", "300")))
+        return response
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action == enums.action.UPDATE and isinstance(request.data, dict):
+            current = self._current(request)
+            if current is not None and dicts.patch_dict(current, request.data) == current:
+                # A real API server neither bumps resourceVersion nor emits an event for a no-op patch.
+                return aiohttp.web.json_response(current)
+            if current is None and "apply-patch" in request.headers.get("Content-Type", ""):
+                return await self._apply_create(request)
+        if request.resource is not None:
+            self._stamp(request)
+        try:
+            response = await super()._handle(request)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+            # A failed "test" op (kopf's optimistic-concurrency check) is a 422, as on a real API server.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+        # Only a removal can orphan dependents: a DELETE, or a patch that dropped the last finalizer.
+        if request.action == enums.action.DELETE or (
+            request.action == enums.action.UPDATE and request.name is not None and self._current(request) is None
+        ):
+            await self._collect_garbage()
+        return response
+
+    async def _apply_create(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Server-side apply of a missing object creates it (as a real API server does)."""
+        assert request.resource is not None and request.name is not None
+        data = dict(request.data)
+        meta = data.setdefault("metadata", {})
+        meta.setdefault("namespace", request.namespace)
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), creationTimestamp=_now(),
+                    generation=1)  # fmt: skip
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key in self.objects:
+                self.objects[key].create(data)
+            else:
+                self.objects[key] = data
+            raw = self.objects[key].raw
+            await self._buses[request.resource].put({"type": "ADDED", "object": raw})
+        return aiohttp.web.json_response(raw, status=201)
+
+    def _stamp(self, request: rendering.Request) -> None:
+        data = request.data
+        version = str(next(self._versions))
+        if request.action == enums.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            if request.namespace:
+                meta.setdefault("namespace", request.namespace)
+            meta.update(uid=str(uuid.uuid4()), resourceVersion=version, creationTimestamp=_now(), generation=1)
+        elif request.action == enums.action.UPDATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta["resourceVersion"] = version
+            current = self._current(request)
+            if current is not None:
+                for key in ("uid", "creationTimestamp", "generation"):
+                    meta.pop(key, None)  # server-owned: a client cannot overwrite them
+                if request.subresource is None and "spec" in data:
+                    merged = dicts.patch_dict(current, data)
+                    if merged.get("spec") != current.get("spec"):
+                        meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
+        elif request.action == enums.action.UPDATE and isinstance(data, list):
+            data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+
+    def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        if request.resource is None or request.name is None:
+            return None
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        raw: dict[str, Any] = self.objects[key].raw
+        return raw
+
+    async def _collect_garbage(self) -> None:
+        """Delete objects whose controller owner no longer exists (cascading)."""
+        while True:
+            async with self._lock:
+                alive = {
+                    obj.raw.get("metadata", {}).get("uid") for _, obj in self.objects.items() if not obj.deleted
+                }
+                orphans = [
+                    (key, obj)
+                    for key, obj in self.objects.items()
+                    if not obj.deleted
+                    and any(ref.get("uid") not in alive for ref in obj.raw.get("metadata", {}).get("ownerReferences", []))
+                ]
+                for (resource, _, _), obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+            if not orphans:
+                return
+
+
+class KmockCluster:
+    """A ShoalEmulator on 127.0.0.1 served from a background thread, with a kubeconfig for clients.
+
+    Use as a context manager; ``url`` and ``kubeconfig`` are valid inside it.
+    """
+
+    def __init__(self, state_dir: Path, *, keda: bool = False, port: int = 0) -> None:
+        self.kubeconfig = Path(state_dir) / "kubeconfig.yaml"
+        self._keda = keda
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+        self.url = ""
+        self.emulator: ShoalEmulator | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        self.emulator = ShoalEmulator(keda=self._keda)
+        async with self.emulator, kmock.Server(self.emulator, port=self._port or None) as server:
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> KmockCluster:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig.write_text(kubeconfig_text(self.url))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def kubeconfig_text(url: str) -> str:
+    """A kubeconfig (JSON is valid YAML) pointing at an unauthenticated API server."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}],
+            "current-context": "kmock",
+        },
+        indent=2,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shoal.operator.testing.kmock_cluster", description=__doc__)
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--keda", action="store_true", help="also serve keda.sh/v1alpha1 ScaledObjects")
+    args = parser.parse_args(argv)
+    cluster = KmockCluster(args.kubeconfig.parent, keda=args.keda, port=args.port)
+    cluster.kubeconfig = args.kubeconfig
+    with cluster:
+        print(f"kmock API server at {cluster.url}; KUBECONFIG={args.kubeconfig}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
