@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
 from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError
 from shoal.engine.server.errors import APIError, install_error_handlers, unavailable
 from shoal.engine.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -32,7 +34,6 @@ from shoal.engine.server.protocol import (
 from shoal.engine.server.serving import ServerSettings, ServingContext
 from shoal.engine.server.serving_chat import create_chat_completion, encode_messages
 from shoal.engine.server.serving_completions import create_completion
-from starlette.responses import Response
 
 
 def _json(model: Any) -> Response:
@@ -42,9 +43,9 @@ def _json(model: Any) -> Response:
 def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMetrics | None = None) -> FastAPI:
     """The app serving ``engine``; ``app.state.ctx`` is its :class:`ServingContext`."""
     if metrics is None:
-        metrics = ServerMetrics(settings.served_model_name, lambda: engine.stats)
-    if engine._observer_factory is None:
-        engine._observer_factory = metrics.observer
+        metrics = ServerMetrics(settings.served_model_name, lambda: engine.stats, lambda: (engine.steps, engine.busy_s))
+    if engine.observer_factory is None:
+        engine.observer_factory = metrics.observer
     ctx = ServingContext(engine=engine, settings=settings, metrics=metrics)
 
     @asynccontextmanager

@@ -174,11 +174,12 @@ class AsyncEngine:
 
     def __init__(self, engine: EngineLike, observer_factory: Callable[[], RequestObserver] | None = None) -> None:
         self.engine = engine
-        self._observer_factory = observer_factory
+        self.observer_factory = observer_factory
         self._inbox: list[Command] = []
         self._cond = threading.Condition()
         self._streams: dict[str, RequestStream] = {}
         self._not_started: set[str] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -186,6 +187,9 @@ class AsyncEngine:
         self.stats: Any = engine.stats()
         """Latest ``EngineStats`` (refreshed by the engine thread after each step)."""
         self.steps = 0
+        """Engine steps run so far."""
+        self.busy_s = 0.0
+        """Seconds spent inside ``step()`` (the rest of the thread's time is waiting or inbox work)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -242,7 +246,7 @@ class AsyncEngine:
         :class:`EngineDeadError`.
         """
         self._check_alive()
-        observer = self._observer_factory() if self._observer_factory else None
+        observer = self.observer_factory() if self.observer_factory else None
         stream = RequestStream(request_id, arrival if arrival is not None else time.monotonic(), observer)
         self._streams[request_id] = stream
         self._not_started.add(request_id)
@@ -294,6 +298,8 @@ class AsyncEngine:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[T] = loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
 
         def run(engine: EngineLike) -> None:
             try:
@@ -323,6 +329,9 @@ class AsyncEngine:
                 self._forget(out.request_id)
 
     def _fail_all(self, exc: BaseException) -> None:
+        # Commands still in the inbox will never run: fail whoever awaits them.
+        for future in list(self._pending):
+            _settle(future, None, exc)
         for request_id in list(self._streams):
             stream = self._forget(request_id)
             if stream is not None:
@@ -356,8 +365,10 @@ class AsyncEngine:
                     return
                 busy = engine.has_unfinished_requests()
                 if busy:
+                    start = time.perf_counter()
                     outputs = engine.step()
                     now = time.monotonic()
+                    self.busy_s += time.perf_counter() - start
                     self.steps += 1
                     self.stats = engine.stats()
                     if outputs:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+
 from shoal.engine.config import EngineConfig
 from shoal.engine.server.async_engine import AsyncEngine
 from shoal.engine.server.serving import ServerSettings

@@ -29,9 +29,10 @@ _REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 class _EngineStatsCollector(Collector):
     """Gauges and counters computed from the engine's latest stats snapshot."""
 
-    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], tuple[int, float]]) -> None:
         self._model = model_name
         self._stats = stats
+        self._loop_stats = loop_stats
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
@@ -64,6 +65,9 @@ class _EngineStatsCollector(Collector):
         yield gauge("shoal:pinned_blocks", "KV blocks held for programs (out of eviction).", s.num_pinned_blocks)
         yield gauge("shoal:programs", "Programs with retained KV blocks.", s.num_programs)
         yield gauge("shoal:free_blocks", "KV blocks free (incl. cached, evictable).", s.num_free_blocks)
+        steps, busy_s = self._loop_stats()
+        yield counter("shoal:engine_steps", "Engine steps run.", steps)
+        yield counter("shoal:engine_busy_seconds", "Seconds the engine thread spent in step().", busy_s)
 
 
 class _Observer:
@@ -89,10 +93,12 @@ class _Observer:
 class ServerMetrics:
     """The server's registry; ``render()`` is the /metrics body."""
 
-    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+    def __init__(
+        self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
+    ) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_EngineStatsCollector(model_name, stats))
+        self.registry.register(_EngineStatsCollector(model_name, stats, loop_stats))
         labels = ["model_name"]
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Any:

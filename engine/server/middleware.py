@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hmac
 
-from shoal.engine.server.errors import APIError, BodyTooLarge, bad_request, body_too_large
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shoal.engine.server.errors import APIError, BodyTooLarge, bad_request, body_too_large
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 """Answered without an API key (probes and scrapers carry none)."""

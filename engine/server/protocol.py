@@ -42,7 +42,6 @@ class _Response(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
-    continuous_usage_stats: bool = False
 
 
 class ResponseFormat(_Strict):

@@ -8,9 +8,13 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shoal.engine.errors import PromptTooLongError
 from shoal.engine.sampling_params import SamplingParams
@@ -18,7 +22,6 @@ from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError, Reque
 from shoal.engine.server.errors import APIError, bad_request, model_not_found, too_many_requests, unavailable
 from shoal.engine.server.metrics import ServerMetrics
 from shoal.engine.server.protocol import PromptTokensDetails, Usage, _SamplingRequest
-from starlette.requests import Request
 
 T = TypeVar("T")
 SSE_DONE = b"data: [DONE]\n\n"
@@ -253,6 +256,25 @@ async def merged_updates(streams: Sequence[RequestStream]) -> AsyncIterator[tupl
     finally:
         for task in tasks:
             task.cancel()
+
+
+class EventStreamResponse(StreamingResponse):
+    """SSE response that runs ``on_close`` however it ends.
+
+    A client can vanish before the body generator first runs; its ``finally`` would
+    then never run, so the abort hangs off the response itself.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 class ClientDisconnected(Exception):

@@ -7,6 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import (
@@ -27,6 +30,7 @@ from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
 from shoal.engine.server.serving import (
     SSE_DONE,
     ClientDisconnected,
+    EventStreamResponse,
     ServingContext,
     clamp_logprob,
     final_updates,
@@ -38,8 +42,6 @@ from shoal.engine.server.serving import (
     usage_of,
 )
 from shoal.engine.server.tool_calls import ParsedToolCall, StreamingToolParser, parse_tool_calls
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -130,7 +132,7 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
     parse_tools = tools is not None and ctx.settings.tool_call_parser == "hermes"
     if req.stream:
         body = _stream(ctx, req, request_id, streams[0], len(ids), parse_tools)
-        return StreamingResponse(body, media_type="text/event-stream")
+        return EventStreamResponse(body, on_close=lambda: ctx.abort_all(streams))
     try:
         (final,) = await until_disconnect(raw, final_updates(streams))
     except ClientDisconnected:

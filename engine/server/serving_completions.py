@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import (
@@ -17,6 +20,7 @@ from shoal.engine.server.protocol import (
 from shoal.engine.server.serving import (
     SSE_DONE,
     ClientDisconnected,
+    EventStreamResponse,
     ServingContext,
     clamp_logprob,
     final_updates,
@@ -28,8 +32,6 @@ from shoal.engine.server.serving import (
     until_disconnect,
     usage_of,
 )
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
 
 
 def _logprobs(
@@ -73,7 +75,7 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Re
     prompt_lens = [len(ids) for ids in token_lists]
     if req.stream:
         body = _stream(ctx, req, request_id, streams, echoes, prompt_lens)
-        return StreamingResponse(body, media_type="text/event-stream")
+        return EventStreamResponse(body, on_close=lambda: ctx.abort_all(streams))
     try:
         finals = await until_disconnect(raw, final_updates(streams))
     except ClientDisconnected:

@@ -1,0 +1,1 @@
+"""Load generation for ``bench/serve.py``: workloads, arrival processes, an SSE client, statistics, reports."""
