@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lint test test-fast test-kernels test-slow test-all demo bench-offline bench clean
+.PHONY: setup lint test test-kernels test-slow test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator gpu-check clean
 
 $(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,8 +41,28 @@ test-all: test test-kernels test-slow
 demo: $(STAMP)
 	$(VENV)/bin/shoal up -f crds/examples/local/ --demo
 
+# Regenerate the CRD YAML (crds/generated, helm/shoal/crds) from the pydantic models.
+crds: $(STAMP)
+	$(PY) -m shoal.crds.generate
+
 bench-offline: $(STAMP)
 	$(PY) bench/offline.py
+
+bench-serve: $(STAMP)
+	$(PY) bench/serve.py
+
+bench-router: $(STAMP)
+	$(PY) bench/router_overhead.py
+
+bench-routing: $(STAMP)
+	$(PY) bench/routing.py
+
+bench-operator: $(STAMP)
+	$(PY) bench/operator_scale.py
+
+# On a machine with an NVIDIA GPU (not run by CI).
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -44,7 +44,13 @@ def make_prompts(num: int, seed: int = 0) -> list[list[dict[str, str]]]:
 def run_shoal(args: argparse.Namespace) -> dict:
     from shoal.engine import LLM, SamplingParams
 
-    llm = LLM(MODEL, num_threads=args.threads, max_num_batched_tokens=args.budget, max_num_seqs=256)
+    llm = LLM(
+        MODEL,
+        num_threads=args.threads,
+        max_num_batched_tokens=args.budget,
+        max_num_seqs=256,
+        kv_cache_memory_gb=args.kv_gb,
+    )
     chats = make_prompts(args.num_prompts)
     ids = [llm.tokenizer.encode_chat(c) for c in chats]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -63,6 +69,7 @@ def run_shoal(args: argparse.Namespace) -> dict:
         "output_tokens": sum(len(r.token_ids) for r in results),
         "prompt_tokens": sum(len(i) for i in ids),
         "first_tokens": [list(r.token_ids[:8]) for r in results[:4]],
+        "preemptions": llm.engine.stats().num_preemptions,
     }
     if profiler:
         out["profile"] = _profile_summary(profiler, elapsed)
@@ -137,7 +144,7 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
 
 def run_worker(kind: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--batch", str(args.batch), "--num-prompts", str(args.num_prompts),
-           "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--budget", str(args.budget)]
+           "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--budget", str(args.budget), "--kv-gb", str(args.kv_gb)]
     if args.profile:
         cmd.append("--profile")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -154,6 +161,7 @@ def main() -> int:
     parser.add_argument("--batches", default="16,64", help="transformers batch sizes to compare against")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--budget", type=int, default=2048, help="Shoal's max_num_batched_tokens")
+    parser.add_argument("--kv-gb", type=float, default=2.0, help="Shoal's KV pool (2 GB holds all 64 sequences)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (8 prompts, 16 tokens)")
     parser.add_argument("--output", default=str(RESULTS / "offline-cpu.md"))
     parser.add_argument("--worker", choices=["shoal", "hf"], help=argparse.SUPPRESS)
@@ -199,7 +207,7 @@ def main() -> int:
                       f"{row['peak_rss_mb']:.0f}", f"{row['tok_s'] / best_hf['tok_s']:.2f}x")
     console.print(table)
     console.print(f"Shoal / best transformers ({best_hf['name']}): [bold]{ratio:.2f}x[/bold]; "
-                  f"first tokens identical: {same_tokens}")
+                  f"first tokens identical: {same_tokens}; Shoal preemptions: {shoal.get('preemptions')}")
 
     lines = [
         "# Offline throughput (CPU)",
@@ -215,7 +223,7 @@ def main() -> int:
     for row in rows:
         lines.append(f"| {row['name']} | {row['tok_s']:.1f} | {row['elapsed_s']:.1f} | {row['prompt_tokens']} | "
                      f"{row['peak_rss_mb']:.0f} | {row['tok_s'] / best_hf['tok_s']:.2f}x |")
-    lines += ["", f"**Shoal / best transformers ({best_hf['name']}): {ratio:.2f}x** (first 8 tokens of 4 prompts identical: {same_tokens})", "",
+    lines += ["", f"**Shoal / best transformers ({best_hf['name']}): {ratio:.2f}x** (first 8 tokens of 4 prompts identical: {same_tokens}; Shoal preemptions: {shoal.get('preemptions')})", "",
               "## Where Shoal's time goes (cProfile, share of wall time)", "", "| part | % |", "|---|---:|"]
     for part, share in shoal.get("profile", []):
         lines.append(f"| {part} | {share:.1f} |")
