@@ -46,10 +46,7 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_model_path() -> Path:
-    """The bundled SmolLM2-135M GGUF; skips when the package is not installed."""
+    """The bundled SmolLM2-135M GGUF (`make setup` installs it; a missing package fails loudly)."""
     from shoal.engine.bundled import bundled_model_path as locate
 
-    try:
-        return locate()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    return locate()

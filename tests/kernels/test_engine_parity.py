@@ -34,9 +34,8 @@ def _generate(model_dir: Path, kernels: str) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_triton_greedy_equals_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
-    from support.tiny_models import build_tiny_checkpoint
-
     from shoal.engine.kernels.triton import paged_attention
+    from support.tiny_models import build_tiny_checkpoint
 
     calls: list[int] = []
     real = paged_attention.paged_attention

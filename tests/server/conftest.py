@@ -47,11 +47,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_model() -> str:
-    """The bundled SmolLM2-135M; skips when its package is not installed."""
+    """The bundled SmolLM2-135M (`make setup` installs it; a missing package fails loudly)."""
     from shoal.engine.bundled import bundled_model_path
 
-    try:
-        bundled_model_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    bundled_model_path()
     return "bundled:smollm2-135m-instruct"
