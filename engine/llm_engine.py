@@ -4,37 +4,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
 
 from shoal.engine.block_manager import BlockManager
 from shoal.engine.config import EngineConfig
 from shoal.engine.errors import DuplicateRequestError, PromptTooLongError
 from shoal.engine.model_runner import ModelRunner, SampleRequest
-from shoal.engine.outputs import RequestOutput
+from shoal.engine.outputs import EngineStats, RequestOutput
 from shoal.engine.programs import ProgramRetention
 from shoal.engine.request_state import RequestState
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shoal.engine.sequence import Sequence, SequenceStatus
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot for metrics; counters are cumulative since start."""
-
-    num_running: int
-    num_waiting: int
-    num_blocks: int
-    num_free_blocks: int
-    kv_usage: float
-    block_size: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    num_pinned_blocks: int
-    num_programs: int
-    prompt_tokens: int
-    generation_tokens: int
 
 
 class LLMEngine:

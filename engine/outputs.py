@@ -46,3 +46,22 @@ class RequestOutput:
     @property
     def num_generated_tokens(self) -> int:
         return sum(len(o.token_ids) for o in self.outputs)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for metrics; counters are cumulative since start."""
+
+    num_running: int
+    num_waiting: int
+    num_blocks: int
+    num_free_blocks: int
+    kv_usage: float
+    block_size: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    num_pinned_blocks: int
+    num_programs: int
+    prompt_tokens: int
+    generation_tokens: int

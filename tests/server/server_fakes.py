@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.engine.errors import DuplicateRequestError, PromptTooLongError
+from shoal.engine.outputs import CompletionOutput, EngineStats, RequestOutput
 from shoal.engine.sampling_params import SamplingParams
 
 EOS = 3
@@ -49,43 +50,6 @@ class FakeTokenizer:
 
     def to_payload(self) -> dict[str, Any]:
         return {"version": 1, "kind": "fake-chars"}
-
-
-@dataclass(frozen=True)
-class FakeStats:
-    num_running: int
-    num_waiting: int
-    num_blocks: int
-    num_free_blocks: int
-    kv_usage: float
-    block_size: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    num_pinned_blocks: int
-    num_programs: int
-    prompt_tokens: int
-    generation_tokens: int
-
-
-@dataclass(frozen=True)
-class FakeCompletion:
-    index: int
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    logprobs: tuple[dict[int, float], ...] | None = None
-
-
-@dataclass(frozen=True)
-class FakeOutput:
-    request_id: str
-    prompt_token_ids: tuple[int, ...]
-    outputs: tuple[FakeCompletion, ...]
-    finished: bool
-    num_cached_tokens: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def default_script(prompt: str, index: int, seed: int | None) -> str:
@@ -196,7 +160,7 @@ class FakeEngine:
     def release_program(self, program_id: str) -> int:
         return self.pinned.pop(program_id, 0)
 
-    def step(self) -> list[FakeOutput]:
+    def step(self) -> list[RequestOutput]:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
         if self.fail_next_step is not None:
@@ -221,10 +185,10 @@ class FakeEngine:
             outputs.append(self._snapshot(req, finished))
         return outputs
 
-    def stats(self) -> FakeStats:
+    def stats(self) -> EngineStats:
         used = sum(r.blocks + len(r.samples) for r in self.running)
         pinned = sum(self.pinned.values())
-        return FakeStats(
+        return EngineStats(
             num_running=len(self.running),
             num_waiting=len(self.waiting),
             num_blocks=self.num_blocks,
@@ -267,7 +231,7 @@ class FakeEngine:
         if params.max_tokens is not None and len(sample.tokens) >= params.max_tokens:
             sample.finish = "length"
 
-    def _snapshot(self, req: _Request, finished: bool) -> FakeOutput:
+    def _snapshot(self, req: _Request, finished: bool) -> RequestOutput:
         k = req.params.logprobs
         outs = []
         for i, s in enumerate(req.samples):
@@ -275,8 +239,8 @@ class FakeEngine:
             if k is not None:
                 lps = tuple({**{ord("a") + j: -1.0 - j for j in range(k)}, t: -0.25} for t in s.tokens)
             text = s.text if s.finish else s.text[: len(s.text) - _partial_stop(s.text, req.params.stop)]
-            outs.append(FakeCompletion(i, text, tuple(s.tokens), s.finish, s.stop_reason, lps))
-        return FakeOutput(req.request_id, req.prompt, tuple(outs), finished, req.cached, dict(req.metrics))
+            outs.append(CompletionOutput(i, text, tuple(s.tokens), s.finish, s.stop_reason, lps))
+        return RequestOutput(req.request_id, req.prompt, tuple(outs), finished, req.cached, dict(req.metrics))
 
 
 def _partial_stop(text: str, stops: Sequence[str]) -> int:
