@@ -6,6 +6,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 export PYTHONUNBUFFERED := 1
+# The top-level folder operator/ would shadow the standard library's operator module if
+# `python -m ...` put the repo root on sys.path; safe-path mode keeps it off (Python >= 3.11).
+export PYTHONSAFEPATH := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loadgen, also under PYTHONSAFEPATH
+
 from loadgen.client import RequestResult, send_plain, send_streaming
 from loadgen.report import Overhead, attribution, machine, overhead_section, plot, summary_table
 from loadgen.stats import RunSummary, Slo, percentile, summarize
