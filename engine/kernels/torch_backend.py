@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +12,21 @@ from shoal.engine.kernels.backend import KernelBackend
 
 class TorchBackend(KernelBackend):
     name = "torch"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _workspace(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A per-thread scratch tensor reused across calls (layers run one after another)."""
+        buffers: dict[str, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        buf = buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(numel + numel // 4, dtype=like.dtype, device=like.device)
+            buffers[name] = buf
+        return buf[:numel].view(shape)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         x32 = x.float()
@@ -123,18 +140,27 @@ class TorchBackend(KernelBackend):
         table = block_tables[:, :num_table_blocks].to(torch.long)
         used_blocks = (ctx + block_size - 1) // block_size
         table = table.masked_fill(torch.arange(num_table_blocks, device=device) >= used_blocks.unsqueeze(1), 0)
-        keys = k_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)  # [B, Hk, L, D]
-        values = v_cache[table].flatten(1, 2)[:, :max_context_len].transpose(1, 2)
+        # index_select into a reused workspace: advanced indexing (k_cache[table]) is several
+        # times slower on CPU and allocates a fresh multi-MB tensor per layer
+        flat = table.flatten()
+        shape = (len(flat), *k_cache.shape[1:])
+        k_buf = torch.index_select(k_cache, 0, flat, out=self._workspace("k", shape, k_cache))
+        v_buf = torch.index_select(v_cache, 0, flat, out=self._workspace("v", shape, v_cache))
+        keys = k_buf.view(q.shape[0], -1, *k_cache.shape[2:])[:, :max_context_len].transpose(1, 2)  # [B, Hk, L, D]
+        values = v_buf.view(q.shape[0], -1, *v_cache.shape[2:])[:, :max_context_len].transpose(1, 2)
         key_valid = torch.arange(max_context_len, device=device).unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
+        # GQA without repeating K/V: a KV head's query group acts as its "query length"
+        # (decode queries of one sequence share the same keys and mask)
+        num_seqs, num_q_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[2]
         out = F.scaled_dot_product_attention(
-            q.unsqueeze(2),  # [B, Hq, 1, D]
+            q.view(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim),
             keys.to(q.dtype),
             values.to(q.dtype),
             attn_mask=key_valid[:, None, None, :],
             scale=scale,
-            enable_gqa=q.shape[1] != k_cache.shape[2],
         )
-        return out.squeeze(2)
+        return out.reshape(num_seqs, num_q_heads, head_dim)
 
     def top_k_top_p_min_p(
         self, logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
