@@ -309,9 +309,9 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict[str, floa
         "saturates, which shows as queueing (added TTFT and per-token gap grow). Router CPU per request falls as "
         "the fixed per-request work is shared out; at 1 stream it is dominated by background polling (metrics "
         "scrapes every 0.5 s) spread over few requests.",
-        "- The data path uses the router's own keep-alive HTTP/1.1 client (`router/upstream.py`); with "
-        "httpx/httpcore on that path, router CPU per request at 64 streams was 10.7 ms (httpcore's pool scans "
-        "every connection on each request) against about 1 ms now.",
+        "- The data path uses aiohttp's keep-alive pool (`router/upstream.py`); with httpx/httpcore on that "
+        "path, router CPU per request at 64 streams was 10.7 ms (httpcore's pool scans every connection on "
+        "each request).",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
