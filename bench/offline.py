@@ -227,6 +227,23 @@ def main() -> int:
               "## Where Shoal's time goes (cProfile, share of wall time)", "", "| part | % |", "|---|---:|"]
     for part, share in shoal.get("profile", []):
         lines.append(f"| {part} | {share:.1f} |")
+    padded = best_hf["prompt_tokens"] / max(1, shoal["prompt_tokens"])
+    lines += [
+        "",
+        "## Reading the figures",
+        "",
+        f"- Both sides are compute-bound fp32 matmuls on the same 2 cores. Shoal computes each prompt token once "
+        f"(no padding, continuous batching, prefix cache); {best_hf['name']} computes {padded:.2f}x as many prompt "
+        "tokens because left padding stretches every prompt of a batch to the longest one. That FLOP saving is "
+        "most of Shoal's lead.",
+        "- Decode attention on the CPU path is the torch reference kernel: it gathers each sequence's KV blocks "
+        "into a workspace and runs one batched SDPA per layer, so the KV cache is read twice per layer (the "
+        "Triton kernel on GPU reads the blocks in place). transformers' contiguous cache pays a similar copy "
+        "(`torch.cat` every step), so this part is roughly a wash.",
+        "- The 2x target is not reached on this machine; closing the gap needs an attention path that reads the "
+        "paged cache in place on CPU (a head-major cache layout or a compiled CPU kernel), not scheduling work: "
+        "scheduler, block manager and sampler together stay under 1% of the wall time.",
+    ]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text("\n".join(lines) + "\n")
     console.print(f"wrote {args.output}")
