@@ -283,7 +283,8 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict[str, floa
         f"- Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
         f"- Upstream: `bench/fake_upstream.py`, first token after {args.ttft_ms:g} ms, then one token every "
         f"{args.interval_ms:g} ms, {args.tokens} tokens per stream; router, upstream and load generator are "
-        "separate processes on 127.0.0.1.",
+        "separate processes on 127.0.0.1"
+        + ("; the router is pinned to its own core, upstream and load generator share the other." if args.pin else "."),
         "- Router config: one static pool, default picking (prefix-affinity on text hashes, queue-depth, kv-usage, "
         "session-affinity), metrics on, no auth.",
         "- Added TTFT = router percentile minus direct percentile (same client, same load). "
