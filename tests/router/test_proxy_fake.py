@@ -22,7 +22,7 @@ def router_config(urls: list[str], **overrides: Any) -> RouterConfig:
             {"name": "chat", "models": ["tiny"], "aliases": ["gpt-4o-mini"], "endpoints": {"static": urls},
              "tokenizer": {"source": "none"}},
         ],
-        "health": {"scrapeIntervalS": 0.05, "probeTimeoutS": 0.5},
+        "health": {"scrapeIntervalS": 0.05, "probeTimeoutS": 2.0},  # generous: the loop is shared with the fakes
         "circuitBreaker": {"consecutiveFailures": 2, "ejectS": 0.2, "maxEjectS": 0.5},
         "timeouts": {"connectS": 0.5, "firstByteS": 5, "idleS": 5, "totalS": 20},
     }
