@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shoal.engine.detokenizer import IncrementalDetokenizer
 from shoal.engine.outputs import CompletionOutput, RequestOutput
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.sequence import Sequence
 from shoal.engine.stop_checker import StopChecker
-from shoal.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from shoal.engine.tokenizer import Tokenizer
 
 
 @dataclass

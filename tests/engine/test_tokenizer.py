@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from shoal.engine.detokenizer import IncrementalDetokenizer
+from shoal.engine.tokenizer import Tokenizer
 
 TEXTS = [
     "Hello world",
