@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if args.command == "generate":
         return run_generate(args, config)
-    return run_server(args, config)
+    try:
+        return run_server(args, config)
+    except ValueError as exc:  # a bad model or setting found while building the engine
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
