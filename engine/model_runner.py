@@ -63,7 +63,7 @@ class ModelRunner:
         mc = self.model_config
         shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (self.ops.allocate_kv_cache(*shape, self.dtype, self.device), self.ops.allocate_kv_cache(*shape, self.dtype, self.device))
             for _ in range(mc.num_layers)
         ]
         # [kernel-runtime] Decode CUDA graphs (engine/cuda_graph.py), captured lazily per batch bucket.

@@ -23,6 +23,22 @@ class KernelBackend(ABC):
 
     name: str = "abstract"
 
+    def allocate_kv_cache(
+        self,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> torch.Tensor:
+        """A zeroed K or V cache of logical shape ``[num_blocks, block_size, Hk, D]``.
+
+        Ops read caches through their strides, so a backend may pick the memory layout
+        that suits its kernels; this default is contiguous.
+        """
+        return torch.zeros((num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device)
+
     @abstractmethod
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """``x / rms(x) * weight`` over the last dim; computed in fp32, returned in x.dtype."""

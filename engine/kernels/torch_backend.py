@@ -16,6 +16,23 @@ class TorchBackend(KernelBackend):
     def __init__(self) -> None:
         self._local = threading.local()
 
+    def allocate_kv_cache(
+        self,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> torch.Tensor:
+        """Head-major memory (``[Hk, num_blocks, block_size, D]``) behind the logical view.
+
+        Gathering a sequence's blocks then yields ``[Hk, L, D]`` slabs that SDPA reads
+        contiguously, instead of a strided ``[L, Hk, D]`` layout it has to copy.
+        """
+        physical = torch.zeros((num_kv_heads, num_blocks, block_size, head_dim), dtype=dtype, device=device)
+        return physical.permute(1, 2, 0, 3)
+
     def _workspace(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A per-thread scratch tensor reused across calls (layers run one after another)."""
         buffers: dict[str, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
@@ -23,7 +40,9 @@ class TorchBackend(KernelBackend):
         for dim in shape:
             numel *= dim
         buf = buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        stale = buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device
+        # a buffer made under inference_mode cannot be written outside it (and vice versa for autograd)
+        if stale or buf is None or buf.is_inference() != torch.is_inference_mode_enabled():
             buf = torch.empty(numel + numel // 4, dtype=like.dtype, device=like.device)
             buffers[name] = buf
         return buf[:numel].view(shape)
@@ -62,9 +81,12 @@ class TorchBackend(KernelBackend):
         keep = slot_mapping >= 0
         if not bool(keep.all()):
             k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
-        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+        for new, cache in ((k, k_cache), (v, v_cache)):
+            physical = _head_major(cache)
+            if physical is not None:  # [Hk, num_blocks * block_size, D]
+                physical.flatten(1, 2).index_copy_(1, slot_mapping, new.to(cache.dtype).transpose(0, 1))
+            else:
+                cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, new.to(cache.dtype))
 
     def paged_attention(
         self,
@@ -97,22 +119,22 @@ class TorchBackend(KernelBackend):
                 q[token_rows], k_cache, v_cache, block_tables[rows], context_lens[rows], scale,
                 max(ctx[i] for i in decode_rows),
             )
-        block_size, num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+        block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
         num_q_heads = q.shape[1]
         for i, q_len in enumerate(q_lens):
             if q_len == 1:
                 continue
             length = ctx[i]
             table = block_tables[i, : -(-length // block_size)].to(torch.long)
-            keys = k_cache[table].reshape(-1, num_kv_heads, head_dim)[:length]
-            values = v_cache[table].reshape(-1, num_kv_heads, head_dim)[:length]
+            keys = _sequence_kv(k_cache, table, length)  # [Hk, L, D]
+            values = _sequence_kv(v_cache, table, length)
             if num_q_heads != num_kv_heads:
                 group = num_q_heads // num_kv_heads
-                keys = keys.repeat_interleave(group, dim=1)
-                values = values.repeat_interleave(group, dim=1)
+                keys = keys.repeat_interleave(group, dim=0)
+                values = values.repeat_interleave(group, dim=0)
             queries = q[cu[i] : cu[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
-            keys = keys.transpose(0, 1).unsqueeze(0).to(q.dtype)
-            values = values.transpose(0, 1).unsqueeze(0).to(q.dtype)
+            keys = keys.unsqueeze(0).to(q.dtype)
+            values = values.unsqueeze(0).to(q.dtype)
             if length == q_len:
                 res = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale)
             else:
@@ -143,24 +165,35 @@ class TorchBackend(KernelBackend):
         # index_select into a reused workspace: advanced indexing (k_cache[table]) is several
         # times slower on CPU and allocates a fresh multi-MB tensor per layer
         flat = table.flatten()
-        shape = (len(flat), *k_cache.shape[1:])
-        k_buf = torch.index_select(k_cache, 0, flat, out=self._workspace("k", shape, k_cache))
-        v_buf = torch.index_select(v_cache, 0, flat, out=self._workspace("v", shape, v_cache))
-        keys = k_buf.view(q.shape[0], -1, *k_cache.shape[2:])[:, :max_context_len].transpose(1, 2)  # [B, Hk, L, D]
-        values = v_buf.view(q.shape[0], -1, *v_cache.shape[2:])[:, :max_context_len].transpose(1, 2)
+        num_seqs = q.shape[0]
+        keys = self._gather_decode("k", k_cache, flat, num_seqs, max_context_len)  # [B, Hk, L, D]
+        values = self._gather_decode("v", v_cache, flat, num_seqs, max_context_len)
         key_valid = torch.arange(max_context_len, device=device).unsqueeze(0) < ctx.unsqueeze(1)  # [B, L]
         # GQA without repeating K/V: a KV head's query group acts as its "query length"
         # (decode queries of one sequence share the same keys and mask)
         num_seqs, num_q_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[2]
         out = F.scaled_dot_product_attention(
-            q.view(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim),
+            q.reshape(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim),
             keys.to(q.dtype),
             values.to(q.dtype),
             attn_mask=key_valid[:, None, None, :],
             scale=scale,
         )
         return out.reshape(num_seqs, num_q_heads, head_dim)
+
+    def _gather_decode(
+        self, name: str, cache: torch.Tensor, flat_table: torch.Tensor, num_seqs: int, length: int
+    ) -> torch.Tensor:
+        """Every sequence's blocks as ``[B, Hk, L, D]`` (a view into a workspace)."""
+        physical = _head_major(cache)
+        if physical is not None:  # [Hk, num_blocks, bs, D] -> [Hk, B * blocks, bs, D]
+            shape = (physical.shape[0], len(flat_table), *physical.shape[2:])
+            buf = torch.index_select(physical, 1, flat_table, out=self._workspace(name, shape, cache))
+            return buf.view(shape[0], num_seqs, -1, shape[-1])[:, :, :length].transpose(0, 1)
+        shape = (len(flat_table), *cache.shape[1:])
+        buf = torch.index_select(cache, 0, flat_table, out=self._workspace(name, shape, cache))
+        return buf.view(num_seqs, -1, *cache.shape[2:])[:, :length].transpose(1, 2)
 
     def top_k_top_p_min_p(
         self, logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
@@ -181,6 +214,20 @@ class TorchBackend(KernelBackend):
         top_p_cut = torch.where(top_p.unsqueeze(1) >= 1.0, float("-inf"), sorted_vals.gather(1, keep_count - 1))
         cutoff = torch.maximum(torch.maximum(cutoff, kth), top_p_cut)
         return torch.where(logits >= cutoff, logits, float("-inf"))
+
+
+def _head_major(cache: torch.Tensor) -> torch.Tensor | None:
+    """The ``[Hk, num_blocks, block_size, D]`` memory behind a cache view, if that is its layout."""
+    physical = cache.permute(2, 0, 1, 3)
+    return physical if physical.is_contiguous() else None
+
+
+def _sequence_kv(cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+    """One sequence's first ``length`` cached tokens as ``[Hk, L, D]``."""
+    physical = _head_major(cache)
+    if physical is not None:
+        return torch.index_select(physical, 1, table).flatten(1, 2)[:, :length]
+    return cache[table].flatten(0, 1)[:length].transpose(0, 1)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
