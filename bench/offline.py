@@ -237,11 +237,12 @@ def main() -> int:
         "tokens because left padding stretches every prompt of a batch to the longest one. That FLOP saving is "
         "most of Shoal's lead.",
         "- Decode attention on the CPU path is the torch reference kernel: it gathers each sequence's KV blocks "
-        "into a workspace and runs one batched SDPA per layer, so the KV cache is read twice per layer (the "
-        "Triton kernel on GPU reads the blocks in place). transformers' contiguous cache pays a similar copy "
-        "(`torch.cat` every step), so this part is roughly a wash.",
+        "(head-major, so the gather yields the [Hk, L, D] slabs SDPA reads directly) into a workspace and runs "
+        "one batched SDPA per layer, so the KV cache is still read twice per layer (the Triton kernel on GPU "
+        "reads the blocks in place). transformers' contiguous cache pays a similar copy (`torch.cat` every "
+        "step).",
         "- The 2x target is not reached on this machine; closing the gap needs an attention path that reads the "
-        "paged cache in place on CPU (a head-major cache layout or a compiled CPU kernel), not scheduling work: "
+        "paged cache in place on CPU (a compiled CPU kernel) and cheaper matmuls, not scheduling work: "
         "scheduler, block manager and sampler together stay under 1% of the wall time.",
     ]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
