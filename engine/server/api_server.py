@@ -25,12 +25,9 @@ from shoal.engine.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
-    DetokenizeResponse,
-    ModelCard,
-    ModelList,
     TokenizeRequest,
-    TokenizeResponse,
 )
+from shoal.engine.server.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
 from shoal.engine.server.serving import ServerSettings, ServingContext
 from shoal.engine.server.serving_chat import create_chat_completion, encode_messages
 from shoal.engine.server.serving_completions import create_completion

@@ -21,7 +21,8 @@ from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError, RequestStream, StreamUpdate
 from shoal.engine.server.errors import APIError, bad_request, model_not_found, too_many_requests, unavailable
 from shoal.engine.server.metrics import ServerMetrics
-from shoal.engine.server.protocol import PromptTokensDetails, Usage, _SamplingRequest
+from shoal.engine.server.protocol import _SamplingRequest
+from shoal.engine.server.responses import PromptTokensDetails, Usage
 
 T = TypeVar("T")
 SSE_DONE = b"data: [DONE]\n\n"

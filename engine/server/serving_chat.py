@@ -14,19 +14,21 @@ from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import (
     AssistantMessage,
-    ChatChoice,
     ChatCompletionRequest,
+    Message,
+    NamedToolChoice,
+    ToolMessage,
+)
+from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
+from shoal.engine.server.responses import (
+    ChatChoice,
     ChatCompletionResponse,
     ChatLogprobs,
     ChatMessageOut,
     ChatTokenLogprob,
-    Message,
-    NamedToolChoice,
     ToolCallOut,
-    ToolMessage,
     TopLogprob,
 )
-from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
 from shoal.engine.server.serving import (
     SSE_DONE,
     ClientDisconnected,

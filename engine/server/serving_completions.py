@@ -10,13 +10,8 @@ from starlette.responses import Response
 
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.errors import bad_request
-from shoal.engine.server.protocol import (
-    MAX_N,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
-)
+from shoal.engine.server.protocol import MAX_N, CompletionRequest
+from shoal.engine.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from shoal.engine.server.serving import (
     SSE_DONE,
     ClientDisconnected,
