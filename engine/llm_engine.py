@@ -12,9 +12,10 @@ from shoal.engine.model_runner import ModelRunner, SampleRequest
 from shoal.engine.outputs import EngineStats, RequestOutput
 from shoal.engine.programs import ProgramRetention
 from shoal.engine.request_state import RequestState
+from shoal.engine.sampler import SampleResult
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from shoal.engine.sequence import Sequence, SequenceStatus
+from shoal.engine.sequence import Sequence
 
 
 class LLMEngine:
@@ -162,7 +163,7 @@ class LLMEngine:
             requests.append(SampleRequest(seq, seq.params.n if seq.pending_fork else 1, banned))
         return requests
 
-    def _fork(self, state: RequestState, parent: Sequence, samples: list) -> None:
+    def _fork(self, state: RequestState, parent: Sequence, samples: list[SampleResult]) -> None:
         parent.pending_fork = False
         for offset, result in enumerate(samples, start=1):
             child = Sequence(
@@ -177,23 +178,20 @@ class LLMEngine:
                 cache_salt=parent.cache_salt,
             )
             state.add_sequence(child)
-            if self.block_manager.fork(parent, child):
-                child.status = SequenceStatus.RUNNING
-                self.scheduler.running.append(child)
-            else:
-                self.scheduler.add(child)
+            self.scheduler.fork(parent, child)
             self._accept(state, child, result.token_id, result.logprobs)
 
     def _accept(self, state: RequestState, seq: Sequence, token_id: int, logprobs: dict[int, float] | None) -> None:
         self._generation_tokens += 1
         self.scheduler.append_token(seq, token_id, self.eos_token_ids)
         stop = state.on_token(seq.index, token_id, logprobs)
-        if stop is not None and not seq.is_finished:
-            self.scheduler.finish(seq, "stop", stop)
-        elif stop is not None:
+        if stop is None:
+            if seq.is_finished:
+                state.flush(seq.index)
+        elif seq.is_finished:  # the same token also hit a length limit: the stop string is the reason
             seq.finish_reason, seq.stop_reason = "stop", stop
-        if seq.is_finished and stop is None:
-            state.flush(seq.index)
+        else:
+            self.scheduler.finish(seq, "stop", stop)
 
     # ---- introspection ---------------------------------------------------------------------
     def _cached_tokens(self, state: RequestState) -> int:

@@ -125,10 +125,10 @@ class ModelRunner:
             context_lens.append(end)
             last_index[seq.seq_id] = cu_seqlens[-1] - 1
             max_blocks = max(max_blocks, len(table))
-        block_tables = torch.zeros((len(scheduled), max_blocks), dtype=torch.int32)
-        for row, item in enumerate(scheduled):
-            table = item.seq.block_table
-            block_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        block_tables = torch.tensor(
+            [item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table)) for item in scheduled],
+            dtype=torch.int32,
+        )
         dev = self.device
         ctx = AttentionContext(
             ops=self.ops,

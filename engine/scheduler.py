@@ -75,6 +75,14 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Add an n>1 sample: it runs on the parent's shared prompt blocks, or waits if its own do not fit."""
+        if self.block_manager.fork(parent, child):
+            child.status = SequenceStatus.RUNNING
+            self.running.append(child)
+        else:
+            self.add(child)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
