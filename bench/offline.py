@@ -124,21 +124,22 @@ def run_hf(args: argparse.Namespace) -> dict:
 
 def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[str, float]]:
     stats = pstats.Stats(profiler, stream=io.StringIO())
-    buckets = {
-        "linear (matmuls)": ("linear",),
-        "paged attention (torch)": ("paged_attention",),
-        "rms norm / rotary / activation": ("rms_norm", "rotary", "silu_and_mul", "_rotate"),
-        "kv write": ("store_kv",),
-        "logits (lm_head)": ("compute_logits",),
-        "sampler": ("sample",),
-        "scheduler + block manager": ("schedule", "postprocess", "append_token"),
+    # (function names, count their callees too): leaf ops by own time, composite steps by cumulative time
+    buckets: dict[str, tuple[tuple[str, ...], bool]] = {
+        "linear (matmuls, lm_head included)": (("linear",), False),
+        "paged attention (torch)": (("paged_attention",), True),
+        "rms norm / rotary / activation": (("rms_norm", "rotary", "silu_and_mul", "_rotate"), False),
+        "kv write": (("store_kv",), True),
+        "logits (lm_head)": (("compute_logits",), True),
+        "sampler": (("sample",), True),
+        "scheduler + block manager": (("schedule", "postprocess", "append_token"), True),
     }
     totals = dict.fromkeys(buckets, 0.0)
     for (_file, _line, func), (_cc, _nc, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         name = func.removeprefix("<built-in method torch._C._nn.").removesuffix(">")
-        for bucket, names in buckets.items():
+        for bucket, (names, cumulative) in buckets.items():
             if name in names:
-                totals[bucket] += cumtime if bucket in ("logits (lm_head)", "sampler", "scheduler + block manager", "paged attention (torch)", "kv write") else tottime
+                totals[bucket] += cumtime if cumulative else tottime
     return [(k, v / elapsed * 100) for k, v in totals.items()]
 
 
