@@ -24,6 +24,7 @@ from _fakes import FakeEngine, Served
 
 from shoal.router.app import create_app
 from shoal.router.config import RouterConfig
+from support.processes import wait_healthy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,18 +53,8 @@ class EngineProc:
             )
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"engine exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"engine on {self.port} not ready: {self.log.read_text()[-2000:]}")
+        assert self.proc is not None
+        wait_healthy(self.url, self.proc, self.log, timeout_s)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

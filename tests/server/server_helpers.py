@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from server_fakes import FakeEngine
@@ -25,6 +24,7 @@ from server_fakes import FakeEngine
 from shoal.engine.server.api_server import create_app
 from shoal.engine.server.async_engine import AsyncEngine
 from shoal.engine.server.serving import ServerSettings
+from support.processes import wait_healthy
 
 
 def free_port() -> int:
@@ -89,18 +89,7 @@ def engine_server(model: str, *args: str, log_dir: Path, ready_timeout: float = 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
-            try:
-                if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_timeout}s:\n{server.log_tail()}")
-            time.sleep(0.1)
+        wait_healthy(server.url, proc, log_path, ready_timeout)
         yield server
     finally:
         if proc.poll() is None:
