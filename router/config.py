@@ -27,8 +27,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
+
+from shoal.router.config_base import StrictModel
+from shoal.router.programs.config import ProgramsConfig
 
 __all__ = [
     "AuthConfig",
@@ -59,17 +61,7 @@ _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
 
-class _Strict(BaseModel):
-    """Base: unknown keys rejected, camelCase aliases, snake_case accepted, immutable."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
+_Strict = StrictModel
 
 
 # --------------------------------------------------------------------------- listen
@@ -398,10 +390,6 @@ class LimitsConfig(_Strict):
     """Idle upstream connections kept open."""
 
 
-class ProgramsConfig(_Strict):
-    """Agent-program scheduling (AgentProgram). Reserved: a later release adds its settings."""
-
-
 # --------------------------------------------------------------------------- root
 
 
@@ -431,7 +419,7 @@ class RouterConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     """Body size and connection pool."""
     programs: ProgramsConfig = Field(default_factory=lambda: ProgramsConfig())
-    """Agent-program scheduling (reserved)."""
+    """Agent-program scheduling and program classes."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Router log level. Request bodies and API keys are never logged."""
 
