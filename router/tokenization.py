@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.engine.block_hash import prefix_block_hashes
+from shoal.engine.chat_format import chat_prompt_ids
 from shoal.engine.tokenizer import Tokenizer
 from shoal.router.openai_request import ParsedRequest
 
@@ -61,29 +62,34 @@ class PromptHasher:
             return self.tokenizer.encode(text)
         if self.tokenizer is None:
             return None
-        kwargs = body.get("chat_template_kwargs")
-        return self.tokenizer.encode_chat(
-            body["messages"],
-            tools=body.get("tools"),
-            add_generation_prompt=bool(body.get("add_generation_prompt", True)),
-            **(kwargs if isinstance(kwargs, dict) else {}),
-        )
+        return chat_prompt_ids(self.tokenizer, body)  # the engine server's own normalization
 
-    def digest(self, req: ParsedRequest) -> PromptDigest:
-        """Block hashes of ``req``'s prompt. Never raises: a prompt the template rejects gets none."""
+    def digest(self, req: ParsedRequest, salt: str = "", max_tokenized_bytes: int | None = None) -> PromptDigest:
+        """Block hashes of ``req``'s prompt under the tenant's cache ``salt`` (the engine hashes its
+        blocks with the same salt). A body over ``max_tokenized_bytes`` is not templated or
+        tokenized: its text is hashed over that many leading bytes instead (bounded work and
+        memory). Never raises: a prompt the template rejects gets none.
+
+        CPU-heavy for large prompts: the proxy runs it off the event loop.
+        """
         text = req.prompt_text()
-        content_key = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        try:
-            ids = self.tokens(req)
-        except Exception as exc:  # the engine will report the real error to the client
-            log.debug("cannot tokenize request for prefix affinity: %s", exc)
-            ids = None
+        too_big = max_tokenized_bytes is not None and len(req.raw) > max_tokenized_bytes
+        if too_big:
+            assert max_tokenized_bytes is not None
+            text = text[:max_tokenized_bytes]
+        raw = text.encode(errors="surrogatepass")
+        content_key = hashlib.blake2b(raw, digest_size=8).hexdigest()
+        ids = None
+        if not too_big:
+            try:
+                ids = self.tokens(req)
+            except Exception as exc:  # the engine will report the real error to the client
+                log.debug("cannot tokenize request for prefix affinity: %s", exc)
         if ids is not None:
-            hashes = prefix_block_hashes(ids, self.block_size)
+            hashes = prefix_block_hashes(ids, self.block_size, salt=salt)
             return PromptDigest(tuple(hashes), len(ids), content_key)
-        raw = text.encode()
-        estimate = len(raw) // TEXT_BYTES_PER_TOKEN
-        if not self.text_fallback:
+        estimate = (len(req.raw) if too_big else len(raw)) // TEXT_BYTES_PER_TOKEN
+        if not self.text_fallback and not too_big:
             return PromptDigest((), estimate, content_key)
-        hashes = prefix_block_hashes(raw, self.block_size * TEXT_BYTES_PER_TOKEN, salt="text")
+        hashes = prefix_block_hashes(raw, self.block_size * TEXT_BYTES_PER_TOKEN, salt="text" + salt)
         return PromptDigest(tuple(hashes), estimate, content_key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,15 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shoal.engine import chat_format
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.errors import bad_request
-from shoal.engine.server.protocol import (
-    AssistantMessage,
-    ChatCompletionRequest,
-    Message,
-    NamedToolChoice,
-    ToolMessage,
-)
+from shoal.engine.server.protocol import ChatCompletionRequest, Message
 from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
 from shoal.engine.server.responses import (
     ChatChoice,
@@ -34,11 +28,13 @@ from shoal.engine.server.serving import (
     ClientDisconnected,
     EventStreamResponse,
     ServingContext,
+    caller_of,
     clamp_logprob,
     final_updates,
     new_id,
     sse,
     sse_error,
+    sse_usage,
     top_logprobs,
     until_disconnect,
     usage_of,
@@ -46,50 +42,21 @@ from shoal.engine.server.serving import (
 from shoal.engine.server.tool_calls import ParsedToolCall, StreamingToolParser, parse_tool_calls
 
 
-def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them (text parts joined, tool-call arguments as objects)."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        content = m.content
-        text = content if isinstance(content, str) or content is None else "\n".join(p.text for p in content)
-        role = "system" if m.role == "developer" else m.role
-        msg: dict[str, Any] = {"role": role, "content": text if text is not None else ""}
-        if getattr(m, "name", None):
-            msg["name"] = m.name  # type: ignore[union-attr]
-        if isinstance(m, AssistantMessage) and m.tool_calls:
-            msg["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.function.name, "arguments": _json_or_str(c.function.arguments)}}
-                for c in m.tool_calls
-            ]  # fmt: skip
-        if isinstance(m, ToolMessage):
-            msg["tool_call_id"] = m.tool_call_id
-        out.append(msg)
-    return out
-
-
-def _json_or_str(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
-
-
 def template_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    if not req.tools or req.tool_choice == "none":
-        return None
-    tools = [t.model_dump(exclude_none=True) for t in req.tools]
-    if isinstance(req.tool_choice, NamedToolChoice):
-        tools = [t for t in tools if t["function"]["name"] == req.tool_choice.function.name]
-    return tools
+    """The tools the template renders (after ``tool_choice``); None when there are none."""
+    dumped = req.model_dump(include={"tools", "tool_choice"}, exclude_none=True)
+    return chat_format.template_tools(dumped.get("tools"), dumped.get("tool_choice"))
 
 
 def encode_messages(ctx: ServingContext, req_messages: list[Message], tools: Any, add_generation_prompt: bool) -> list[int]:
+    # The router computes its block hashes through the same chat_prompt_ids (precise affinity).
+    body = {"messages": [m.model_dump(exclude_none=True) for m in req_messages], "tools": tools,
+            "add_generation_prompt": add_generation_prompt}  # fmt: skip
     try:
-        ids = ctx.tokenizer.encode_chat(template_messages(req_messages), tools, add_generation_prompt)
+        ids = chat_format.chat_prompt_ids(ctx.tokenizer, body)
     except ValueError as exc:
         raise bad_request(str(exc), param="messages") from exc
-    return list(ids)
+    return ids
 
 
 def _chat_logprobs(ctx: ServingContext, out: CompletionOutputLike, start: int, k: int) -> list[ChatTokenLogprob]:
@@ -118,19 +85,34 @@ def _tool_call_out(call: ParsedToolCall) -> ToolCallOut:
     return ToolCallOut(id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
 
 
+def _text_bytes(req: ChatCompletionRequest) -> int:
+    """UTF-8 size of the text the client sent (contents, tool-call arguments): no tokenizer needed."""
+    total = 0
+    for m in req.messages:
+        content = m.content
+        parts = [content] if isinstance(content, str) else [p.text for p in content or ()]
+        for call in getattr(m, "tool_calls", None) or ():
+            parts.append(call.function.arguments)
+        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts)
+    return total
+
+
 async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest, raw: Request) -> Response:
     arrival = time.monotonic()
     ctx.check_model(req.model)
+    caller = caller_of(raw, req.priority)
+    ctx.admit(req.n)  # before any template or tokenizer work: a full queue costs nothing
+    ctx.check_text_size(_text_bytes(req), "messages")
     tools = template_tools(req)
-    ids = encode_messages(ctx, req.messages, tools, req.add_generation_prompt)
+    ids = await ctx.off_loop(encode_messages, ctx, req.messages, tools, req.add_generation_prompt)
     if not ids:
         raise bad_request("the rendered conversation is empty", param="messages")
     max_tokens = ctx.output_budget(len(ids), req.output_limit(), "messages")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = ctx.sampling_params(req, max_tokens, logprobs)
-    ctx.admit(1)
+    ctx.admit(req.n)
     request_id = new_id("chatcmpl")
-    streams = await ctx.submit(request_id, req, [ids], [params], arrival)
+    streams = await ctx.submit(request_id, req, [ids], [params], arrival, caller)
     parse_tools = tools is not None and ctx.settings.tool_call_parser == "hermes"
     if req.stream:
         body = _stream(ctx, req, request_id, streams[0], len(ids), parse_tools)
@@ -230,9 +212,12 @@ async def _stream(
                         finish = "tool_calls"
                 if delta or lp is not None or finish is not None:
                     yield chunk(i, delta, lp, finish)
-        if req.include_usage() and final is not None:
+        if final is not None:
             usage = usage_of([prompt_len], [final])
-            yield sse({**head, "choices": [], "usage": usage.model_dump()})
+            if req.include_usage():
+                yield sse({**head, "choices": [], "usage": usage.model_dump()})
+            if req.program_id is not None:
+                yield sse_usage(usage)
     except Exception as exc:
         yield sse_error(exc)
     finally:
