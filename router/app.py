@@ -6,36 +6,43 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shoal.router.auth import KeyStore, RateLimiter
 from shoal.router.config import RouterConfig
 from shoal.router.discovery import EndpointSource
-from shoal.router.errors import RouterError
+from shoal.router.errors import RouterError, http_error
 from shoal.router.metrics import RouterMetrics
 from shoal.router.pool import PoolRuntime
 from shoal.router.proxy import ProxyEndpoint, Services
 from shoal.router.reliability import httpx_timeout
 from shoal.router.routes import RouteTable
+from shoal.router.tenancy import Tenancy, upstream_api_key, upstream_auth_headers
 from shoal.router.upstream import UpstreamClient
 
 log = logging.getLogger("shoal.router")
 
 
-def make_client(cfg: RouterConfig) -> httpx.AsyncClient:
-    """The control-path client (health, metrics, digests, tokenizer): one keep-alive pool."""
+def make_client(cfg: RouterConfig, upstream_key: str | None = None) -> httpx.AsyncClient:
+    """The control-path client (health, metrics, digests, tokenizer): one keep-alive pool,
+    carrying the router's own credential."""
     limits = httpx.Limits(
         max_connections=cfg.limits.max_connections,
         max_keepalive_connections=cfg.limits.max_keepalive_connections,
         keepalive_expiry=30.0,
     )
-    return httpx.AsyncClient(timeout=httpx_timeout(cfg.timeouts), limits=limits, trust_env=False)
+    return httpx.AsyncClient(
+        timeout=httpx_timeout(cfg.timeouts), limits=limits, trust_env=False,
+        headers=upstream_auth_headers(upstream_key),
+    )
 
 
 def build_services(
@@ -45,7 +52,8 @@ def build_services(
 ) -> Services:
     """Everything the app serves with; ``sources`` overrides discovery per pool (tests)."""
     metrics = RouterMetrics()
-    client = client or make_client(cfg)
+    upstream_key = upstream_api_key(cfg.upstream)
+    client = client or make_client(cfg, upstream_key)
     pools = {
         p.name: PoolRuntime(p, cfg, client, metrics, metrics, source=(sources or {}).get(p.name))
         for p in cfg.pools
@@ -59,6 +67,9 @@ def build_services(
         keys=KeyStore(cfg.auth),
         limiter=RateLimiter(cfg.rate_limits),
         metrics=metrics,
+        tenancy=Tenancy(cfg.tenancy, upstream_key),
+        upstream_auth=upstream_auth_headers(upstream_key),
+        hashing=ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt-hash"),
     )
 
 
@@ -103,9 +114,14 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
                 await pool.stop()
             await s.client.aclose()
             await s.upstream.aclose()
+            s.hashing.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="Shoal router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = s
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(_: Request, exc: StarletteHTTPException) -> Response:
+        return http_error(exc.status_code, str(exc.detail)).response()
     proxies = {
         "/v1/chat/completions": ProxyEndpoint(s, "chat", "/v1/chat/completions"),
         "/v1/completions": ProxyEndpoint(s, "completion", "/v1/completions"),

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
 
-from shoal.router.config_base import StrictModel
+from shoal.router.config_base import StrictModel as _Strict
 from shoal.router.programs.config import ProgramsConfig
 
 __all__ = [
@@ -52,16 +52,16 @@ __all__ = [
     "RouteRule",
     "RouterConfig",
     "SplitTarget",
+    "TenancyConfig",
     "TimeoutsConfig",
     "TokenizerConfig",
+    "UpstreamConfig",
     "load_config",
 ]
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
-
-_Strict = StrictModel
 
 
 # --------------------------------------------------------------------------- listen
@@ -306,6 +306,9 @@ class AuthConfig(_Strict):
     """Name of an environment variable holding comma-separated keys (``KEY`` or ``NAME:KEY``)."""
     reload_interval_s: float = Field(default=10.0, gt=0)
     """How often the key file is checked for changes (Secret rotation)."""
+    priority_keys: list[str] = Field(default_factory=list)
+    """Key names allowed to set the body field ``priority`` (sent to engines as ``x-shoal-priority``);
+    from any other key the field is dropped."""
 
     @property
     def enabled(self) -> bool:
@@ -346,6 +349,13 @@ class TimeoutsConfig(_Strict):
     """Longest gap between two chunks of a stream."""
     total_s: float = Field(default=600.0, gt=0)
     """Whole request, end to end."""
+    client_header_s: float = Field(default=10.0, gt=0)
+    """A client connection must send a complete request head within this (408 and close otherwise);
+    also bounds a fresh connection that sends nothing."""
+    client_body_s: float = Field(default=30.0, gt=0)
+    """A client must send the whole request body within this (408 otherwise)."""
+    client_keep_alive_s: float = Field(default=30.0, gt=0)
+    """An idle client keep-alive connection is closed after this."""
 
 
 class RetryConfig(_Strict):
@@ -355,6 +365,12 @@ class RetryConfig(_Strict):
     """Attempts in total (1 = no retry)."""
     retry_on_server_errors: bool = True
     """Retry upstream 500/502/503/504 responses (connect errors and resets are always retried)."""
+    max_server_error_retries: int = Field(default=1, ge=0)
+    """Per request, at most this many retries after a 5xx answer: a request that breaks every
+    engine it reaches (a poison request) is not spread over the pool."""
+    retry_on_full: bool = True
+    """Retry an upstream 429 (engine full) on another engine; when all are full the last 429 and
+    its Retry-After reach the client."""
 
 
 class CircuitBreakerConfig(_Strict):
@@ -363,8 +379,10 @@ class CircuitBreakerConfig(_Strict):
     consecutive_failures: int = Field(default=3, ge=1)
     """Failures in a row (connect errors, 5xx, failed health probes) that eject an endpoint."""
     eject_s: float = Field(default=2.0, gt=0)
-    """First ejection time; doubled on each re-ejection without success, up to ``max_eject_s``."""
-    max_eject_s: float = Field(default=60.0, gt=0)
+    """Shortest time out after an ejection; doubled each time the endpoint is ejected again within
+    ``max_eject_s`` of being readmitted (flapping), up to ``max_eject_s``. Failures while it is out
+    change nothing, and it is readmitted by the first good ``/health`` probe after that time."""
+    max_eject_s: float = Field(default=30.0, gt=0)
     """Upper bound of the ejection time."""
 
 
@@ -384,10 +402,46 @@ class HealthConfig(_Strict):
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body accepted (413 above)."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest request head (request line + all headers) accepted (431 above)."""
+    max_header_count: int = Field(default=100, ge=8)
+    """Most request headers accepted (431 above)."""
+    max_tokenized_prompt_bytes: int = Field(default=256 * 1024, ge=0)
+    """Prompts up to this size are templated and tokenized (off the event loop) for prefix
+    affinity; a larger one is hashed as text over its first this-many bytes instead, so the
+    router's work and memory per request stay bounded."""
     max_connections: int = Field(default=4096, ge=1)
     """Upstream connection pool size (all endpoints together)."""
     max_keepalive_connections: int = Field(default=1024, ge=0)
     """Idle upstream connections kept open."""
+
+
+class UpstreamConfig(_Strict):
+    """The router's own credential towards engines (``Authorization: Bearer`` on every upstream
+    request: generation, health, metrics, digest, tokenizer). At most one source; none: keyless."""
+
+    api_key_env: str | None = None
+    """Environment variable holding the engines' API key."""
+    api_key_file: str | None = None
+    """File holding the engines' API key (e.g. a mounted Secret), read at start."""
+
+    @model_validator(mode="after")
+    def _one(self) -> UpstreamConfig:
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError("upstream: set at most one of apiKeyEnv / apiKeyFile")
+        return self
+
+
+class TenancyConfig(_Strict):
+    """Who a request belongs to, and whether tenants share the engines' prefix cache."""
+
+    cache_sharing: Literal["perTenant", "shared"] = "perTenant"
+    """``perTenant``: each tenant's prompts are cached under its own salt, so cached-token counts
+    reveal nothing across tenants. ``shared``: one cache for all (more hits; only for tenants
+    that trust each other)."""
+    tenant_header: str | None = Field(default=None, min_length=1)
+    """Behind a trusted gateway: take the tenant from this request header (else the API key's
+    name, or ``anonymous`` with auth off)."""
 
 
 # --------------------------------------------------------------------------- root
@@ -420,6 +474,10 @@ class RouterConfig(_Strict):
     """Body size and connection pool."""
     programs: ProgramsConfig = Field(default_factory=lambda: ProgramsConfig())
     """Agent-program scheduling and program classes."""
+    upstream: UpstreamConfig = Field(default_factory=lambda: UpstreamConfig())
+    """The router's credential towards engines."""
+    tenancy: TenancyConfig = Field(default_factory=lambda: TenancyConfig())
+    """Tenant identity and prefix-cache sharing."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Router log level. Request bodies and API keys are never logged."""
 

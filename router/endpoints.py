@@ -167,11 +167,25 @@ class EndpointSet:
         if state is not None and state.breaker.record_failure() and self._observer is not None:
             self._observer.endpoint_ejected(self.pool, url)
 
-    def record_success(self, url: str) -> None:
-        """A request or probe to ``url`` succeeded (readmits it if it was ejected)."""
+    def eject(self, url: str) -> None:
+        """The engine's own health check failed: take it out now."""
         state = self._states.get(url)
-        if state is not None and state.breaker.record_success():
-            for hook in self._reset_hooks:
-                hook(url)
-            if self._observer is not None:
-                self._observer.endpoint_readmitted(self.pool, url)
+        if state is not None and state.breaker.eject() and self._observer is not None:
+            self._observer.endpoint_ejected(self.pool, url)
+
+    def record_success(self, url: str) -> None:
+        """A request to ``url`` succeeded."""
+        state = self._states.get(url)
+        if state is not None:
+            state.breaker.record_success()
+
+    def probe_passed(self, url: str) -> bool:
+        """``url``'s ``/health`` answered 200; readmits it once its hold time is over (True then)."""
+        state = self._states.get(url)
+        if state is None or not state.breaker.probe_passed():
+            return False
+        for hook in self._reset_hooks:
+            hook(url)
+        if self._observer is not None:
+            self._observer.endpoint_readmitted(self.pool, url)
+        return True

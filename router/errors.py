@@ -86,3 +86,27 @@ def upstream_failed(message: str) -> RouterError:
 
 def upstream_timeout(message: str) -> RouterError:
     return RouterError(504, message, "server_error", "upstream_timeout")
+
+
+def all_engines_full(retry_after: str | None) -> RouterError:
+    """Every engine tried answered 429; the engine's Retry-After is passed on."""
+    seconds = retry_after if retry_after and retry_after.strip().isdigit() else "1"
+    return RouterError(
+        429,
+        "All engines are at capacity; retry later.",
+        "rate_limit_error",
+        "engine_overloaded",
+        headers={"Retry-After": seconds},
+    )
+
+
+def body_timeout(timeout_s: float) -> RouterError:
+    return RouterError(408, f"Request body not received within {timeout_s:g} s.", "invalid_request_error",
+                       "request_timeout")
+
+
+def http_error(status: int, detail: str) -> RouterError:
+    """A framework-level HTTP error (unknown path, wrong method) in OpenAI's shape."""
+    messages = {404: "Not found.", 405: "Method not allowed."}
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+    return RouterError(status, messages.get(status, detail), "invalid_request_error", code)

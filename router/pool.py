@@ -63,6 +63,8 @@ class PoolRuntime:
         self._next_digest = 0.0
         self._next_tokenizer = 0.0
         self._tokenizer_task: asyncio.Task[None] | None = None
+        self._checking: set[str] = set()
+        self._checks: set[asyncio.Task[None]] = set()
 
     # lifecycle ------------------------------------------------------------------------------------
 
@@ -77,7 +79,7 @@ class PoolRuntime:
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._tokenizer_task] if self._tokenizer_task else [])]
+        tasks = [*self._tasks, *self._checks, *([self._tokenizer_task] if self._tokenizer_task else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -103,7 +105,8 @@ class PoolRuntime:
             await asyncio.sleep(max(0.05, self._health.scrape_interval_s - elapsed))
 
     async def poll_once(self) -> None:
-        """One round: probe ejected endpoints, scrape the others (and models/digests when due)."""
+        """One round: probe every endpoint's ``/health``; scrape the healthy ones' metrics (and
+        models/digests when due)."""
         now = self._clock()
         want_models = now >= self._next_models
         if want_models:
@@ -112,6 +115,7 @@ class PoolRuntime:
         if want_digest:
             self._next_digest = now + self.prefix_cfg.digest_interval_s
         states = list(self.endpoints)
+        log.debug("pool %s: polling %d endpoint(s)", self.name, len(states))
         await asyncio.gather(*(self._poll_endpoint(s, want_models, want_digest) for s in states))
         if self._tokenizer_pending and now >= self._next_tokenizer and not self._tokenizer_task:
             self._next_tokenizer = now + 5.0
@@ -121,33 +125,57 @@ class PoolRuntime:
     async def _get(self, url: str) -> httpx.Response:
         return await self._client.get(url, timeout=self._health.probe_timeout_s)
 
+    async def _health_ok(self, url: str) -> bool | None:
+        """The engine's own verdict: True (200), False (other status, refused, reset), None (no
+        answer in time: busy, not known dead)."""
+        try:
+            return (await self._get(url + "/health")).status_code == 200
+        except httpx.TimeoutException:
+            return None
+        except httpx.HTTPError:
+            return False
+
+    def check_health_soon(self, url: str) -> None:
+        """Probe ``url``'s ``/health`` now (a request there just failed): ejects it at once if the
+        engine itself reports trouble, leaves it serving if the failure was the request's own."""
+        if url in self._checking:
+            return
+        self._checking.add(url)
+
+        async def check() -> None:
+            try:
+                if await self._health_ok(url) is False:
+                    self.endpoints.eject(url)
+                    log.warning("pool %s: %s ejected: its /health fails", self.name, url)
+            finally:
+                self._checking.discard(url)
+
+        task = asyncio.create_task(check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
     async def _poll_endpoint(self, state: EndpointState, want_models: bool, want_digest: bool) -> None:
         url = state.url
-        if state.breaker.should_probe():
-            try:
-                ok = (await self._get(url + "/health")).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                self.endpoints.record_success(url)
-                log.info("pool %s: %s readmitted", self.name, url)
-                want_models = want_digest = True
-            else:
-                self.endpoints.record_failure(url)
-                return
-        if not state.breaker.available:
+        healthy = await self._health_ok(url)
+        if healthy is False:
+            if state.breaker.available:
+                log.warning("pool %s: %s ejected: its /health fails", self.name, url)
+            self.endpoints.eject(url)
+            state.set_metrics(None, self._clock())
             return
+        if healthy is None:
+            return  # no verdict: an ejected endpoint stays out, a serving one keeps serving
+        was_out = not state.breaker.available
+        if self.endpoints.probe_passed(url):
+            log.info("pool %s: %s readmitted", self.name, url)
+            want_models = want_digest = True
+        elif was_out:
+            return  # still inside its hold time
         taken_at = self._clock()
         try:
             resp = await self._get(url + "/metrics")
-        except httpx.TimeoutException:
-            return  # busy, not dead: the metrics just go stale
         except httpx.HTTPError:
-            self.endpoints.record_failure(url)  # refused or reset: the process is gone
-            state.set_metrics(None, taken_at)
-            return
-        if resp.status_code >= 500:
-            self.endpoints.record_failure(url)
+            return  # metrics go stale; liveness is /health's to say
         state.set_metrics(parse_engine_metrics(resp.text) if resp.status_code == 200 else None, taken_at)
         if want_models:
             await self._fetch_models(state)

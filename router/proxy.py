@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,9 @@ from shoal.router.auth import KeyStore, RateLimiter
 from shoal.router.config import RouterConfig
 from shoal.router.errors import (
     RouterError,
+    all_engines_full,
     bad_request,
+    body_timeout,
     no_endpoint,
     payload_too_large,
     sse_error_event,
@@ -35,8 +38,10 @@ from shoal.router.openai_request import PROGRAM_HEADER, SESSION_HEADER, Kind, Pa
 from shoal.router.picking.runner import NoEndpointError
 from shoal.router.picking.types import PickRequest
 from shoal.router.pool import PoolRuntime
-from shoal.router.reliability import RetryPolicy
+from shoal.router.reliability import SERVER_ERROR_STATUS, RetryPolicy
 from shoal.router.routes import RouteTable
+from shoal.router.tenancy import PRIORITY_HEADER, SALT_HEADER, TENANT_HEADER, Tenancy
+from shoal.router.tokenization import PromptDigest
 from shoal.router.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("shoal.router.proxy")
@@ -49,6 +54,8 @@ Send = Callable[[Message], Awaitable[None]]
 _FORWARD_HEADERS = ("accept", "x-request-id", PROGRAM_HEADER, SESSION_HEADER, "traceparent", "tracestate")
 _JSON = [(b"content-type", b"application/json")]
 _DEFAULT_MAX_TOKENS = 16
+_INLINE_HASH_BYTES = 2048
+"""Bodies up to this size are hashed on the event loop: a thread hop would cost more than the work."""
 
 
 @dataclass
@@ -65,6 +72,12 @@ class Services:
     keys: KeyStore
     limiter: RateLimiter
     metrics: RouterMetrics
+    tenancy: Tenancy
+    """Tenant of a request and its cache salt."""
+    upstream_auth: dict[str, str]
+    """The router's own credential, sent on every upstream request."""
+    hashing: ThreadPoolExecutor
+    """Prompt templating + tokenization for prefix hashing runs here, off the event loop."""
 
 
 class _ClientGone(Exception):
@@ -84,7 +97,16 @@ class _Attempt:
         self.chunks = chunks
 
 
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+async def _read_body(receive: Receive, headers: dict[str, str], limit: int, timeout_s: float) -> bytes:
+    """The whole request body; 413 above ``limit``, 408 when it does not arrive within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body_parts(receive, headers, limit)
+    except TimeoutError:
+        raise body_timeout(timeout_s) from None
+
+
+async def _read_body_parts(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -145,9 +167,9 @@ class ProxyEndpoint:
             await send(message)
 
         try:
-            parsed, _key = await self._admit(scope, receive, headers)
+            parsed, key_name = await self._admit(scope, receive, headers)
             watcher = asyncio.create_task(watch_disconnect())
-            await self._serve(parsed, headers, tracked_send, started)
+            await self._serve(parsed, key_name, headers, tracked_send, started)
         except RouterError as err:
             self.s.metrics.rejected.labels(str(err.status)).inc()
             extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
@@ -167,36 +189,72 @@ class ProxyEndpoint:
             if watcher is not None:
                 watcher.cancel()
 
-    async def _admit(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[ParsedRequest, str]:
-        """Auth, body limit, parsing and rate limits: everything before an engine is involved."""
+    async def _admit(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[ParsedRequest, str | None]:
+        """Auth, body limit, parsing and rate limits: everything before an engine is involved.
+        Returns the request and the caller's key name (None with auth off)."""
         s = self.s
         name = s.keys.authenticate(headers)
-        raw = await _read_body(receive, headers, s.cfg.limits.max_body_bytes)
+        raw = await _read_body(receive, headers, s.cfg.limits.max_body_bytes, self.timeouts.client_body_s)
         parsed = parse_request(self.kind, raw, headers)
         client = scope.get("client")
         key = name if name is not None else "addr:" + (client[0] if client else "unknown")
         s.limiter.check(key, tokens=len(raw) // 4 + (parsed.max_tokens or _DEFAULT_MAX_TOKENS))
-        return parsed, key
+        return parsed, name
+
+    def _priority(self, parsed: ParsedRequest, key_name: str | None) -> int | None:
+        """The body's ``priority`` when this key may set one (``auth.priorityKeys``), else None."""
+        value = parsed.body.get("priority")
+        if key_name is None or key_name not in self.s.cfg.auth.priority_keys:
+            return None
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise bad_request("'priority' must be an integer", "priority")
+        return value
 
     def _upstream_body(self, parsed: ParsedRequest, forward_model: str) -> bytes:
-        if forward_model != parsed.model or not parsed.raw:
-            return json.dumps({**parsed.body, "model": forward_model}).encode()
-        return parsed.raw
+        body = parsed.body
+        extra = body.get("extra_body")
+        untrusted_priority = "priority" in body or (isinstance(extra, dict) and "priority" in extra)
+        if forward_model == parsed.model and parsed.raw and not untrusted_priority:
+            return parsed.raw
+        # Priority travels in the trusted header only (set by _upstream_headers when allowed).
+        out = {k: v for k, v in body.items() if k != "priority"}
+        if isinstance(extra, dict) and "priority" in extra:
+            out["extra_body"] = {k: v for k, v in extra.items() if k != "priority"}
+        out["model"] = forward_model
+        return json.dumps(out).encode()
 
-    @staticmethod
-    def _upstream_headers(headers: dict[str, str]) -> dict[str, str]:
-        out = {"content-type": "application/json"}
+    def _upstream_headers(self, headers: dict[str, str], tenant: str, priority: int | None) -> dict[str, str]:
+        out = {"content-type": "application/json", **self.s.upstream_auth}
         for name in _FORWARD_HEADERS:
             value = headers.get(name)
             if value is not None:
                 out[name] = value
+        # Trusted headers come from the router only: a client's own x-shoal-tenant etc. never pass.
+        out[TENANT_HEADER] = tenant
+        out[SALT_HEADER] = self.s.tenancy.salt(tenant)
+        if priority is not None:
+            out[PRIORITY_HEADER] = str(priority)
         return out
 
-    async def _serve(self, parsed: ParsedRequest, headers: dict[str, str], send: Send, started: float) -> None:
+    async def _digest(self, pool: PoolRuntime, parsed: ParsedRequest, salt: str) -> PromptDigest:
+        """Block hashes of the prompt; templating and tokenizing a large one runs off the event loop."""
+        limit = self.s.cfg.limits.max_tokenized_prompt_bytes
+        hasher = pool.hasher
+        if len(parsed.raw) <= _INLINE_HASH_BYTES:
+            return hasher.digest(parsed, salt, limit)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.s.hashing, hasher.digest, parsed, salt, limit)
+
+    async def _serve(
+        self, parsed: ParsedRequest, key_name: str | None, headers: dict[str, str], send: Send, started: float
+    ) -> None:
         s = self.s
+        tenant = s.tenancy.tenant(key_name, headers)
+        salt = s.tenancy.salt(tenant)
+        priority = self._priority(parsed, key_name)
         resolved = s.routes.resolve(parsed.model, parsed.prompt_text, parsed.program_id or parsed.session_id)
         pool = s.pools[resolved.pool]
-        digest = pool.hasher.digest(parsed) if pool.needs_hashes else None
+        digest = await self._digest(pool, parsed, salt) if pool.needs_hashes else None
         pick_req = PickRequest(
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
             model=resolved.forward_model,
@@ -207,7 +265,8 @@ class ProxyEndpoint:
             session_id=parsed.session_id,
             content_key=digest.content_key if digest else "",
         )
-        attempt = await self._attempts(parsed, resolved.forward_model, pool, pick_req, headers, started)
+        out_headers = self._upstream_headers(headers, tenant, priority)
+        attempt = await self._attempts(parsed, resolved.forward_model, pool, pick_req, out_headers, started)
         if parsed.stream and attempt.resp.status == 200:
             await self._relay_stream(attempt, send, started)
         else:
@@ -219,16 +278,23 @@ class ProxyEndpoint:
         forward_model: str,
         pool: PoolRuntime,
         pick_req: PickRequest,
-        headers: dict[str, str],
+        out_headers: dict[str, str],
         started: float,
     ) -> _Attempt:
-        """Try endpoints until one gives a first byte; retries only what the client has not seen."""
+        """Try endpoints until one gives a first byte; retries only what the client has not seen.
+
+        A 4xx is the client's own error: passed on, never retried. A 429 (engine full) is tried
+        on another engine with room. A 5xx is retried elsewhere a bounded number of times (a
+        poison request is not spread) and makes the router ask the engine's ``/health``, which
+        alone decides whether the engine is ejected. Connect errors and timeouts count against
+        the breaker and are retried.
+        """
         s = self.s
         tried: set[str] = set()
         last_error: RouterError | None = None
+        server_errors = 0
         max_attempts = s.cfg.retries.max_attempts
         body = self._upstream_body(parsed, forward_model)
-        out_headers = self._upstream_headers(headers)
         idle_s = self.timeouts.idle_s
         for attempt_no in range(max_attempts):
             candidates = [c for c in pool.endpoints.candidates() if c.url not in tried]
@@ -250,13 +316,19 @@ class ProxyEndpoint:
             try:
                 async with asyncio.timeout(self.timeouts.first_byte_s):
                     resp = await s.upstream.post(url, self.path, body, out_headers)
-                    last = attempt_no == max_attempts - 1 or not any(
+                    others_left = attempt_no < max_attempts - 1 and any(
                         c.healthy and c.url not in tried for c in pool.endpoints.candidates()
                     )
-                    if self.retry.retry_status(resp.status) and not last:
-                        pool.endpoints.record_failure(url)
-                        s.metrics.retries.labels(pool.name, f"status_{resp.status}").inc()
-                        last_error = upstream_failed(f"engine answered {resp.status}")
+                    if resp.status in SERVER_ERROR_STATUS:
+                        server_errors += 1
+                        pool.check_health_soon(url)
+                        if others_left and self.retry.retry_server_error(resp.status, server_errors):
+                            s.metrics.retries.labels(pool.name, f"status_{resp.status}").inc()
+                            last_error = upstream_failed(f"engine answered {resp.status}")
+                            continue
+                    elif others_left and self.retry.retry_full(resp.status):
+                        s.metrics.retries.labels(pool.name, "full").inc()
+                        last_error = all_engines_full(resp.headers.get("retry-after"))
                         continue
                     chunks = resp.chunks(idle_s)
                     first = b""
@@ -269,6 +341,8 @@ class ProxyEndpoint:
                 return _Attempt(pool, url, resp, first, chunks)
             except (TimeoutError, UpstreamError) as exc:
                 pool.endpoints.record_failure(url)
+                if isinstance(exc, UpstreamError):
+                    pool.check_health_soon(url)
                 reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
                 s.metrics.retries.labels(pool.name, reason).inc()
                 log.info("pool %s: %s failed before the first byte (%s); %s", pool.name, url, exc,
@@ -295,10 +369,8 @@ class ProxyEndpoint:
     def _finish(self, attempt: _Attempt, status: int, started: float, ok: bool) -> None:
         pool, url = attempt.pool, attempt.url
         self._release(pool, url)
-        if ok:
+        if ok:  # 5xx answers were handed to the health check where they happened
             pool.endpoints.record_success(url)
-        elif status >= 500 and status != 502:  # 502s were already counted where they happened
-            pool.endpoints.record_failure(url)
         self.s.metrics.requests.labels(pool.name, url, str(status)).inc()
         self.s.metrics.duration.labels(pool.name).observe(time.perf_counter() - started)
 

@@ -29,11 +29,17 @@ class FakeEngine:
     """Answer every generation request with this status (e.g. 500)."""
     die_after_chunks: int | None = None
     """Streams: drop the connection after this many chunks."""
+    health_status: int = 200
+    """What ``/health`` answers (``/metrics`` keeps answering 200 whatever this is)."""
+    retry_after: str | None = None
+    """Sent as Retry-After with a non-200 ``status``."""
     waiting: float = 0.0
     kv_usage: float = 0.0
     digest: list[int] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    control_headers_seen: list[dict[str, str]] = field(default_factory=list)
+    """Headers of health/metrics/models/digest requests."""
     cancelled: int = 0
 
     def app(self) -> Starlette:
@@ -42,7 +48,9 @@ class FakeEngine:
             self.requests.append(body)
             self.headers_seen.append(dict(request.headers))
             if self.status != 200:
-                return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=self.status)
+                extra = {"retry-after": self.retry_after} if self.retry_after else None
+                error = {"error": {"message": f"{self.name} says {self.status}", "type": "server_error"}}
+                return JSONResponse(error, status_code=self.status, headers=extra)
             chat = request.url.path.endswith("chat/completions")
             if body.get("stream"):
                 return StreamingResponse(self._stream(chat), media_type="text/event-stream")
@@ -59,13 +67,16 @@ class FakeEngine:
                 }
             )
 
-        async def models(_: Request) -> Response:
+        async def models(request: Request) -> Response:
+            self.control_headers_seen.append(dict(request.headers))
             return JSONResponse({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
 
-        async def health(_: Request) -> Response:
-            return Response(status_code=200)
+        async def health(request: Request) -> Response:
+            self.control_headers_seen.append(dict(request.headers))
+            return Response(status_code=self.health_status)
 
-        async def metrics(_: Request) -> Response:
+        async def metrics(request: Request) -> Response:
+            self.control_headers_seen.append(dict(request.headers))
             text = (
                 f'vllm:num_requests_running{{model_name="{self.models[0]}"}} 0\n'
                 f'vllm:num_requests_waiting{{model_name="{self.models[0]}"}} {self.waiting}\n'

@@ -68,20 +68,17 @@ def test_token_buckets_and_retry_after() -> None:
     assert RateLimiter(RateLimitsConfig()).check("x", 10**9) is None
 
 
-def test_circuit_breaker_ejects_backs_off_and_readmits() -> None:
+def test_circuit_breaker_ejects_holds_and_readmits() -> None:
     now = [0.0]
     br = CircuitBreaker(CircuitBreakerConfig(consecutive_failures=2, eject_s=1, max_eject_s=3), clock=lambda: now[0])
     assert not br.record_failure()
+    br.record_success()  # a success ends the run of failures
+    assert not br.record_failure()
     assert br.record_failure() and br.state is BreakerState.OPEN and not br.available
-    assert not br.should_probe()
+    now[0] = 0.9
+    assert not br.probe_passed()
     now[0] = 1.0
-    assert br.should_probe() and br.state is BreakerState.HALF_OPEN
-    assert not br.record_failure()  # failed probe: re-ejected, for twice as long
-    now[0] = 2.5
-    assert not br.should_probe()
-    now[0] = 3.0
-    assert br.should_probe()
-    assert br.record_success() and br.available
+    assert br.probe_passed() and br.available
     assert br.failures == 0
 
 
