@@ -1,0 +1,392 @@
+"""The sandbox manager: one interface over the backends, a ledger per program, a warm pool
+per class, pre-warm with a cap on concurrent preparations, and garbage collection.
+
+A program has at most one sandbox. Its tool calls run one at a time in it. Sandboxes end
+on ``release`` (program release, lease expiry, termination: the program registry calls
+it), ``ttlSeconds`` after the program's last activity (a crashed client never releases),
+and at start-up ``recover()`` removes whatever an earlier run of this router left.
+Backend work blocks, so it runs in threads; everything else happens on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from shoal.router.programs.config import ProgramClassConfig
+from shoal.router.sandboxes.backend import Sandbox, SandboxBackend, SandboxError, ToolCall, ToolResult, Usage
+from shoal.router.sandboxes.metrics import SandboxMetrics
+from shoal.router.sandboxes.settings import SandboxSettings
+from shoal.router.sandboxes.spec import SandboxSpec
+
+log = logging.getLogger("shoal.router.sandboxes")
+T = TypeVar("T")
+
+
+class UnknownTool(SandboxError):
+    """The class has no tool of that name."""
+
+
+class SandboxLimitReached(SandboxError):
+    """The sandbox (or the router) is at a configured limit; the message names it."""
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One program's sandbox, from the start of its preparation to its removal."""
+
+    program_id: str
+    cls: ProgramClassConfig
+    created: float
+    last_activity: float
+    task: asyncio.Task[Sandbox] | None = None
+    started: bool = False
+    """Its preparation holds a slot (or bypassed the cap): it can no longer be cancelled."""
+    kind: str = "cold"
+    prepare_s: float | None = None
+    first_wait_s: float | None = None
+    busy: int = 0
+    tool_calls: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    over_disk: int | None = None
+    usage: Usage = field(default_factory=lambda: Usage(0, 0, 0))
+
+
+class SandboxManager:
+    """Sandboxes of agent programs. ``clock`` (monotonic seconds) is injectable for tests."""
+
+    def __init__(
+        self,
+        backend: SandboxBackend,
+        settings: SandboxSettings | None = None,
+        metrics: SandboxMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings or SandboxSettings()
+        self.metrics = metrics or SandboxMetrics()
+        self.clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._warm: dict[str, list[Sandbox]] = {}
+        self._warm_specs: dict[str, SandboxSpec] = {}
+        self._warm_filling: dict[str, int] = {}
+        self._classes: dict[str, ProgramClassConfig] = {}
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_preparations)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._gc_task: asyncio.Task[None] | None = None
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Remove orphans of an earlier run, fill the warm pools, start the GC timer."""
+        await self.recover()
+        self._refill_all()
+        self._gc_task = asyncio.create_task(self._gc_loop(), name="sandbox-gc")
+
+    async def stop(self) -> None:
+        """Remove every sandbox (programs' and warm ones) and stop the timer."""
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+        for pid in list(self._entries):
+            await self.release(pid, reason="shutdown")
+        self._classes.clear()
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        for name in list(self._warm):
+            for sb in self._warm.pop(name):
+                await self._destroy(sb, "shutdown")
+
+    def set_classes(self, classes: Iterable[ProgramClassConfig]) -> None:
+        """The current program classes: their warm pools are kept at ``warmPoolSize``; warm
+        sandboxes of a changed or removed class are removed."""
+        self._classes = {c.name: c for c in classes if c.sandbox is not None}
+        for name in list(self._warm):
+            cls = self._classes.get(name)
+            if cls is None or cls.sandbox != self._warm_specs.get(name):
+                for sb in self._warm.pop(name):
+                    self._spawn(self._destroy(sb, "class_changed"))
+        self._refill_all()
+
+    # the program-facing API ------------------------------------------------------------------------
+
+    async def prewarm(self, program_id: str, cls: ProgramClassConfig) -> None:
+        """Start preparing the program's sandbox (at most ``maxConcurrentPreparations`` at once)."""
+        if program_id not in self._entries:
+            self.backend.check(cls)
+            self._new_entry(program_id, cls, wait_for_slot=True)
+
+    async def acquire(self, program_id: str, cls: ProgramClassConfig) -> Sandbox:
+        """The program's sandbox, waiting only for what is left of its preparation."""
+        began = self.clock()
+        entry = self._entries.get(program_id)
+        if entry is None:
+            self.backend.check(cls)
+            entry = self._new_entry(program_id, cls, wait_for_slot=False)
+        elif not entry.started and entry.task is not None and not entry.task.done():
+            entry.task.cancel()  # still queued behind the cap: the program needs it now
+            entry.task = asyncio.create_task(self._prepare(entry, wait_for_slot=False))
+        assert entry.task is not None
+        sandbox = await asyncio.shield(entry.task)
+        entry.last_activity = self.clock()
+        if entry.first_wait_s is None:
+            entry.first_wait_s = waited = entry.last_activity - began
+            kind = entry.kind if entry.kind == "warm" else ("prewarmed" if waited < (entry.prepare_s or 0) else "cold")
+            entry.kind = kind
+            self.metrics.starts.labels(kind).inc()
+            self.metrics.start_seconds.labels(kind).observe(waited)
+        return sandbox
+
+    async def run_tool(
+        self,
+        program_id: str,
+        cls: ProgramClassConfig,
+        tool: str,
+        arguments: bytes,
+        *,
+        timeout_s: float | None = None,
+        max_output_bytes: int | None = None,
+    ) -> ToolResult:
+        """Run ``tool`` with ``arguments`` on stdin; the call's limits may only be lowered."""
+        spec = cls.tool(tool)
+        if spec is None:
+            raise UnknownTool(f"class {cls.name} has no tool {tool!r}")
+        call = ToolCall(
+            spec, arguments,
+            min(spec.timeout_s, timeout_s) if timeout_s is not None else spec.timeout_s,
+            min(spec.max_output_bytes, max_output_bytes) if max_output_bytes is not None else spec.max_output_bytes,
+        )  # fmt: skip
+        sandbox = await self.acquire(program_id, cls)
+        entry = self._entries.get(program_id)
+        if entry is None:
+            raise SandboxError(f"program {program_id} was released")
+        entry.busy += 1
+        try:
+            async with entry.lock:
+                if entry.over_disk is not None:
+                    raise SandboxLimitReached(
+                        f"the sandbox uses {entry.over_disk} bytes of disk, over its limit of "
+                        f"{cls.sandbox.resources.disk_bytes if cls.sandbox else 0}; release the program"
+                    )
+                result = await asyncio.to_thread(self.backend.run, sandbox, cls, call)
+                entry.usage = await asyncio.to_thread(self.backend.usage, sandbox)
+        finally:
+            entry.busy -= 1
+            entry.last_activity = self.clock()
+        entry.tool_calls += 1
+        limit = cls.sandbox.resources.disk_bytes if cls.sandbox else None
+        if limit is not None and entry.usage.disk_bytes > limit:
+            entry.over_disk = entry.usage.disk_bytes
+        outcome = "timeout" if result.timed_out else ("ok" if result.exit_code == 0 else "failed")
+        self.metrics.tool_calls.labels(cls.name, tool, outcome).inc()
+        self.metrics.tool_seconds.labels(cls.name, tool).observe(result.duration_s)
+        return result
+
+    async def release(self, program_id: str, reason: str = "release") -> bool:
+        """Remove the program's sandbox (kills its processes); False if it had none."""
+        entry = self._entries.pop(program_id, None)
+        if entry is None:
+            return False
+        task = entry.task
+        if task is None:
+            return True
+        if not entry.started and not task.done():
+            task.cancel()  # queued behind the cap: nothing was created
+            await asyncio.gather(task, return_exceptions=True)
+            return True
+        # A preparation in progress finishes and then removes itself (see _prepare).
+        done = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(done[0], Sandbox):
+            await self._destroy(done[0], reason)
+        return True
+
+    async def ledger(self, program_id: str) -> dict[str, object] | None:
+        """What the program holds (``GET /v1/programs/{id}`` shows it); None if it has no sandbox."""
+        entry = self._entries.get(program_id)
+        if entry is None:
+            return None
+        ready = entry.task is not None and entry.task.done() and not entry.task.cancelled() \
+            and entry.task.exception() is None  # fmt: skip
+        if ready and entry.busy == 0:
+            assert entry.task is not None
+            entry.usage = await asyncio.to_thread(self.backend.usage, entry.task.result())
+        sandbox = entry.task.result() if ready and entry.task is not None else None
+        return {
+            "program_id": program_id,
+            "program_class": entry.cls.name,
+            "backend": self.backend.name,
+            "state": self._state(entry),
+            "sandboxes": 1 if sandbox is not None else 0,
+            "sandbox_id": sandbox.sandbox_id if sandbox else None,
+            "processes": entry.usage.processes,
+            "ports": entry.usage.ports,
+            "disk_bytes": entry.usage.disk_bytes,
+            "tool_calls": entry.tool_calls,
+            "start": entry.kind if entry.first_wait_s is not None else None,
+            "prepare_s": entry.prepare_s,
+            "first_call_wait_s": entry.first_wait_s,
+            "idle_s": self.clock() - entry.last_activity,
+        }
+
+    def states(self) -> dict[str, int]:
+        """Sandboxes by state (metrics, benchmarks)."""
+        counts = {"preparing": 0, "idle": 0, "busy": 0, "warm": sum(len(v) for v in self._warm.values())}
+        for entry in self._entries.values():
+            counts[self._state(entry)] = counts.get(self._state(entry), 0) + 1
+        return counts
+
+    def programs(self) -> list[str]:
+        return list(self._entries)
+
+    async def gc(self) -> int:
+        """Remove sandboxes idle past their class's ``ttlSeconds``; returns how many."""
+        now = self.clock()
+        expired = [
+            e.program_id for e in self._entries.values()
+            if e.busy == 0 and e.cls.sandbox is not None and now - e.last_activity >= e.cls.sandbox.ttl_seconds
+        ]  # fmt: skip
+        for pid in expired:
+            await self.release(pid, reason="ttl")
+        self._publish()
+        return len(expired)
+
+    async def recover(self) -> int:
+        """Remove every sandbox of this router the backend finds that this manager does not hold."""
+        held = {sb.sandbox_id for sbs in self._warm.values() for sb in sbs}
+        held |= {e.task.result().sandbox_id for e in self._entries.values()
+                 if e.task is not None and e.task.done() and not e.task.cancelled() and e.task.exception() is None}  # fmt: skip
+        orphans = [sb for sb in await asyncio.to_thread(self.backend.list_existing) if sb.sandbox_id not in held]
+        for sb in orphans:
+            log.info("removing orphaned sandbox %s (program %s)", sb.sandbox_id, sb.program_id)
+            await self._destroy(sb, "orphan")
+        return len(orphans)
+
+    # internals -------------------------------------------------------------------------------------
+
+    def _state(self, entry: _Entry) -> str:
+        if entry.task is None or not entry.task.done():
+            return "preparing"
+        return "busy" if entry.busy else "idle"
+
+    def _new_entry(self, program_id: str, cls: ProgramClassConfig, wait_for_slot: bool) -> _Entry:
+        alive = len(self._entries) + sum(len(v) for v in self._warm.values())
+        if alive >= self.settings.max_sandboxes and not self._warm.get(cls.name):
+            raise SandboxLimitReached(f"{alive} sandboxes are alive, the router's limit (sandboxes.maxSandboxes)")
+        now = self.clock()
+        entry = _Entry(program_id, cls, now, now)
+        self._entries[program_id] = entry
+        entry.task = asyncio.create_task(self._prepare(entry, wait_for_slot), name=f"sandbox-{program_id}")
+        return entry
+
+    async def _prepare(self, entry: _Entry, wait_for_slot: bool) -> Sandbox:
+        warm = self._warm.get(entry.cls.name)
+        if warm:
+            entry.started, entry.kind = True, "warm"
+            sandbox = await self._in_thread(self.backend.assign, warm.pop(), entry.program_id)
+            self._refill(entry.cls)
+            entry.prepare_s = 0.0
+        elif wait_for_slot:
+            async with self._slots:
+                entry.started = True
+                sandbox = await self._create(entry.cls, entry.program_id)
+        else:
+            entry.started = True
+            sandbox = await self._create(entry.cls, entry.program_id)
+        if entry.prepare_s is None:
+            entry.prepare_s = self.clock() - entry.created
+        if self._entries.get(entry.program_id) is not entry:  # released while it was being prepared
+            await self._destroy(sandbox, "release")
+            raise SandboxError(f"program {entry.program_id} was released")
+        self._publish()
+        return sandbox
+
+    async def _create(self, cls: ProgramClassConfig, program_id: str | None) -> Sandbox:
+        began = time.monotonic()
+        sandbox_id = f"sb-{uuid.uuid4().hex[:16]}"
+        sandbox = await self._in_thread(self.backend.create, sandbox_id, cls, program_id)
+        self.metrics.prepare_seconds.observe(time.monotonic() - began)
+        return sandbox
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking backend work; if the caller is cancelled, a sandbox it created is removed."""
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            def cleanup(done: asyncio.Future[T]) -> None:
+                if not done.cancelled() and done.exception() is None and isinstance(done.result(), Sandbox):
+                    self._spawn(self._destroy(done.result(), "cancelled"))  # type: ignore[arg-type]
+
+            future.add_done_callback(cleanup)
+            raise
+
+    async def _destroy(self, sandbox: Sandbox, reason: str) -> None:
+        try:
+            await asyncio.to_thread(self.backend.destroy, sandbox)
+        except Exception as exc:  # logged and counted: the next recover() tries again
+            log.error("sandbox %s could not be removed: %s", sandbox.sandbox_id, exc)
+            self.metrics.leaks.inc()
+            return
+        self.metrics.removed.labels(reason).inc()
+        self._publish()
+
+    def _refill_all(self) -> None:
+        for cls in self._classes.values():
+            self._refill(cls)
+
+    def _refill(self, cls: ProgramClassConfig) -> None:
+        """Start preparations until the class's warm pool (plus those underway) is full."""
+        current = self._classes.get(cls.name) is cls
+        if cls.sandbox is None or not current:
+            return
+        try:
+            self.backend.check(cls)
+        except SandboxError as exc:
+            log.warning("no warm pool for class %s: %s", cls.name, exc)
+            return
+        self._warm_specs[cls.name] = cls.sandbox
+        have = len(self._warm.get(cls.name, [])) + self._warm_filling.get(cls.name, 0)
+        for _ in range(cls.sandbox.warm_pool_size - have):
+            self._warm_filling[cls.name] = self._warm_filling.get(cls.name, 0) + 1
+            self._spawn(self._fill_one(cls))
+
+    async def _fill_one(self, cls: ProgramClassConfig) -> None:
+        try:
+            async with self._slots:
+                sandbox = await self._create(cls, None)
+        except SandboxError as exc:
+            log.warning("warm sandbox for class %s failed: %s", cls.name, exc)
+            return
+        finally:
+            self._warm_filling[cls.name] -= 1
+        current = self._classes.get(cls.name) is cls
+        if current:
+            self._warm.setdefault(cls.name, []).append(sandbox)
+            self._publish()
+        else:
+            await self._destroy(sandbox, "class_changed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _publish(self) -> None:
+        for state, n in self.states().items():
+            self.metrics.sandboxes.labels(state).set(n)
+        usages = [e.usage for e in self._entries.values()]
+        self.metrics.processes.set(sum(u.processes for u in usages))
+        self.metrics.ports.set(sum(u.ports for u in usages))
+        self.metrics.disk_bytes.set(sum(u.disk_bytes for u in usages))
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gc_interval_s)
+            try:
+                await self.gc()
+            except Exception:  # one failed round must not end GC for good
+                log.exception("sandbox GC round failed")
