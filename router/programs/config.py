@@ -91,6 +91,13 @@ class ProgramsConfig(StrictModel):
     whatever the pressure."""
     retention_max_s: float = Field(default=300.0, ge=0)
     """Longest KV retention the router asks an engine for after a turn."""
+    retention_default_s: float = Field(default=2.0, ge=0)
+    """Retention after a turn while too few tool durations have been observed to learn one."""
+    retention_break_even_s: float = Field(default=30.0, gt=0)
+    """What one avoided re-prefill is worth in seconds of holding the context's KV: the
+    learned TTL maximizes P(tool back within TTL) x this - expected seconds held."""
+    prewarm_queue_depth: int = Field(default=2, ge=0, le=1000)
+    """Queued programs nearest the head whose sandboxes are prepared ahead (0: none)."""
     forwarded_secret_env: str | None = None
     """Several router replicas: env var holding the secret replicas use to forward program
     calls to the replica that owns the program."""

@@ -1,0 +1,543 @@
+"""The program scheduler: events in, decisions out. Pure logic: no I/O, no asyncio, an injected clock.
+
+Policy (issue 9): each engine's KV working set (programs' contexts from the engine's own
+usage, shared prefix blocks counted once) is held between a high and a low watermark.
+Above the high one, ACTING programs are paused first, then REASONING ones are marked (paused
+when their call ends), lowest class priority first, and only as many tokens as the overflow
+down to the low watermark, counting what is already marked. Waiting calls (queued or paused
+programs) are admitted first by class priority, then by wait; nobody waits past
+``max_wait_s``. A resumed program returns to the engine holding its blocks when that engine
+has room; new programs get the set of engines with room and prefix affinity picks among them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from shoal.router.programs.accounting import EngineLedger
+from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
+from shoal.router.programs.counters import ProgramView, SchedulerCounters
+from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
+from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
+from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
+
+DEFAULT_CLASS = "default"
+_DEFAULT_CLASS_LIMIT = 100_000
+
+
+class ProgramNotFound(LookupError):
+    """No such program for this tenant (another tenant's program is not found either)."""
+
+
+class UnknownClass(ValueError):
+    """A request names a program class that is not loaded."""
+
+
+class ContextTooLong(ValueError):
+    """A call's prompt exceeds its class's ``max_context_tokens``."""
+
+
+class ProgramScheduler:
+    """Owns every program's state; the router's gateway (or a simulator) is its only caller.
+
+    Every event method returns the decisions to carry out, in order.
+    """
+
+    def __init__(
+        self,
+        config: ProgramsConfig,
+        classes: Sequence[ProgramClassConfig],
+        clock: Callable[[], float],
+        *,
+        call_timeout_s: float = 600.0,
+    ) -> None:
+        """``call_timeout_s``: the router's total request timeout; a call in flight longer is
+        dead (its client or the router crashed) and stops counting as activity."""
+        self.config = config
+        self.clock = clock
+        self.call_timeout_s = call_timeout_s
+        self.counters = SchedulerCounters()
+        self.durations = ToolDurations()
+        self.retention = RetentionPolicy(
+            config.retention_default_s, config.retention_max_s, config.retention_break_even_s
+        )
+        self._classes: dict[str, ProgramClassConfig] = {}
+        self._programs: dict[tuple[str, str], Program] = {}
+        self._call_owner: dict[str, tuple[str, str]] = {}
+        self._engines: dict[str, EngineCapacity] = {}
+        self._seq = itertools.count()
+        self.set_classes(classes)
+
+    # classes ---------------------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> dict[str, ProgramClassConfig]:
+        return dict(self._classes)
+
+    def set_classes(self, classes: Iterable[ProgramClassConfig]) -> None:
+        """Replace the loaded classes; running programs pick up their class's new config at
+        their next call and keep the old one when their class is gone."""
+        loaded: dict[str, ProgramClassConfig] = {}
+        for cls in classes:
+            if cls.name in loaded:
+                raise ValueError(f"program class {cls.name!r} is defined twice")
+            loaded[cls.name] = cls
+        self._classes = loaded
+
+    def resolve_class(self, name: str | None, model: str) -> ProgramClassConfig:
+        """The named class, else the first class of ``model``, else a default class (no limit
+        on concurrent programs, default priority and lease). Raises UnknownClass."""
+        if name is not None:
+            cls = self._classes.get(name)
+            if cls is None:
+                raise UnknownClass(f"program class {name!r} is not loaded")
+            return cls
+        for cls in self._classes.values():
+            if cls.model == model:
+                return cls
+        return ProgramClassConfig(name=DEFAULT_CLASS, model=model, max_concurrent_programs=_DEFAULT_CLASS_LIMIT)
+
+    # reads -----------------------------------------------------------------------------------------
+
+    def find(self, program_id: str, tenant: str) -> Program | None:
+        """The live record (read it, do not change it); None for other tenants' ids."""
+        return self._programs.get((tenant, program_id))
+
+    def view(self, program_id: str, tenant: str) -> ProgramView:
+        program = self._programs.get((tenant, program_id))
+        if program is None:
+            raise ProgramNotFound(program_id)
+        return ProgramView.of(program, self.clock())
+
+    def views(self, tenant: str | None = None) -> list[ProgramView]:
+        now = self.clock()
+        return [ProgramView.of(p, now) for p in self._programs.values() if tenant is None or p.tenant == tenant]
+
+    def program_counts(self) -> dict[tuple[str, str, str], int]:
+        """(class, lifecycle, activity) -> programs."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for p in self._programs.values():
+            key = (p.cls.name, p.lifecycle.value, p.activity.value)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def working_sets(self) -> dict[str, int]:
+        """Engine -> KV tokens the programs hold there now."""
+        ledgers = self._ledgers(self.clock())
+        return {url: ledgers[url].working_set if url in ledgers else 0 for url in {*self._engines, *ledgers}}
+
+    def engines(self) -> dict[str, EngineCapacity]:
+        return dict(self._engines)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a decision may come without an event (aging, lease, pin expiry)."""
+        times: list[float] = []
+        for p in self._programs.values():
+            times.append(self._last_activity(p, self.clock()) + p.cls.lease_seconds)
+            times.extend(c.arrived_at + self.config.max_wait_s for c in p.waiting.values())
+            if not p.calls and p.pinned_until > 0:
+                times.append(p.pinned_until)
+        return min(times) if times else None
+
+    # events ----------------------------------------------------------------------------------------
+
+    def call_started(
+        self,
+        program_id: str,
+        tenant: str,
+        cls: ProgramClassConfig,
+        *,
+        candidates: Iterable[str] | None = None,
+        prompt_tokens: int = 0,
+        block_hashes: Sequence[int] = (),
+        block_size: int = 16,
+        previous_tools: Sequence[str] = (),
+    ) -> tuple[Admit | Wait, list[Decision]]:
+        """A call of the program arrived. Returns its Admit or Wait, then other decisions.
+
+        ``candidates``: engines the pool may use now; ``block_hashes``: the prompt's prefix
+        block hashes (``block_size`` tokens each); ``previous_tools``: the tool names of the
+        previous assistant turn, when the scheduler did not see that turn's response."""
+        now = self.clock()
+        key = (tenant, program_id)
+        program = self._programs.get(key)
+        if program is None:
+            program = Program(program_id, tenant, cls, created_at=now, last_activity=now, queued_at=now)
+            self._programs[key] = program
+        else:
+            program.cls = self._classes.get(program.cls.name, program.cls)
+        limit = program.cls.max_context_tokens
+        if limit is not None and prompt_tokens > limit:
+            if program.turns == 0 and not program.calls and not program.waiting:
+                del self._programs[key]
+            raise ContextTooLong(
+                f"prompt has {prompt_tokens} tokens; program class {program.cls.name!r} allows {limit}"
+            )
+        program.last_activity = now
+        if not program.calls and program.last_call_end is not None:
+            tools = [t for t in (program.last_tools or tuple(previous_tools)) if t not in program.tools_reported]
+            if tools or not program.tools_reported:
+                self.durations.observe(program.cls.name, tools, now - program.last_call_end)
+            program.last_call_end = None
+        call = Call(
+            call_id=f"{next(self._seq):x}-{program_id}"[:200],
+            seq=next(self._seq),
+            arrived_at=now,
+            prompt_tokens=prompt_tokens,
+            block_hashes=tuple(block_hashes),
+            candidates=None if candidates is None else frozenset(candidates),
+        )
+        program.hash_block_size = block_size
+        self._call_owner[call.call_id] = key
+        decisions: list[Decision] = []
+        own: Admit | Wait | None = None
+        if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
+            ledgers = self._ledgers(now)
+            engines, chosen = self._placement(program, call, ledgers, sticky=True)
+            own = self._admit(program, call, engines, chosen, now, ledgers, forced=False)
+        else:
+            program.waiting[call.call_id] = call
+        for decision in self._rebalance(now):
+            if own is None and isinstance(decision, Admit) and decision.call_id == call.call_id:
+                own = decision
+            else:
+                decisions.append(decision)
+        if own is None:
+            own = Wait(call.call_id, program_id, tenant)
+        return own, decisions
+
+    def call_routed(self, call_id: str, engine: str) -> list[Decision]:
+        """The picker sent an admitted call to ``engine``: the program's KV is there now."""
+        program = self._owner(call_id)
+        if program is None or call_id not in program.calls:
+            return []
+        program.calls[call_id].engine = engine
+        program.engine = engine
+        return self._rebalance(self.clock())
+
+    def call_finished(
+        self,
+        call_id: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        tool_calls: Sequence[str] = (),
+    ) -> list[Decision]:
+        """A call ended with the engine's usage and the tool names its response asked for."""
+        now = self.clock()
+        program = self._owner(call_id)
+        call = program.calls.pop(call_id, None) if program is not None else None
+        self._call_owner.pop(call_id, None)
+        if program is None or call is None:
+            return []
+        program.turns += 1
+        self.counters.step(program.cls.name, now)
+        program.prompt_tokens_total += prompt_tokens
+        program.cached_tokens_total += cached_tokens
+        if call.seq >= program.context_seq:
+            program.context_seq = call.seq
+            used = prompt_tokens + completion_tokens
+            program.context_tokens = used if used > 0 else max(program.context_tokens, call.prompt_tokens)
+        program.last_tools = tuple(tool_calls)
+        decisions = self._call_ended(program, call, now)
+        return decisions + self._rebalance(now)
+
+    def call_failed(self, call_id: str) -> list[Decision]:
+        """A call ended without usage (upstream error, client gone): the program acts again."""
+        now = self.clock()
+        program = self._owner(call_id)
+        self._call_owner.pop(call_id, None)
+        if program is None:
+            return []
+        if call_id in program.waiting:
+            del program.waiting[call_id]
+            return self._rebalance(now)
+        call = program.calls.pop(call_id, None)
+        if call is None:
+            return []
+        call.retention_s = 0.0
+        program.last_tools = ()
+        return self._call_ended(program, call, now) + self._rebalance(now)
+
+    def cancel(self, call_id: str) -> list[Decision]:
+        """A waiting call was given up (its client left): forget it."""
+        return self.call_failed(call_id)
+
+    def release(self, program_id: str, tenant: str) -> list[Decision]:
+        """The tenant is done with the program. Raises ProgramNotFound for any other tenant."""
+        program = self._programs.get((tenant, program_id))
+        if program is None:
+            raise ProgramNotFound(program_id)
+        now = self.clock()
+        return self._terminate(program, "release", now) + self._rebalance(now)
+
+    def tool_finished(self, program_id: str, tenant: str, tool: str, duration_s: float) -> None:
+        """A sandbox ran ``tool`` for the program: a measured duration, and activity."""
+        program = self._programs.get((tenant, program_id))
+        if program is None:
+            raise ProgramNotFound(program_id)
+        program.last_activity = self.clock()
+        program.tools_reported.add(tool)
+        self.durations.observe(program.cls.name, [tool], duration_s)
+
+    def engines_changed(self, capacities: Mapping[str, EngineCapacity]) -> list[Decision]:
+        """The engines' latest reported capacities (the full set: missing engines are gone)."""
+        self._engines = dict(capacities)
+        return self._rebalance(self.clock())
+
+    def tick(self) -> list[Decision]:
+        """Timer: leases, aging, pin expiries."""
+        return self._rebalance(self.clock())
+
+    # internals -------------------------------------------------------------------------------------
+
+    def _owner(self, call_id: str) -> Program | None:
+        key = self._call_owner.get(call_id)
+        return self._programs.get(key) if key is not None else None
+
+    def _call_ended(self, program: Program, call: Call, now: float) -> list[Decision]:
+        program.last_activity = now
+        program.last_call_end = now
+        program.tools_reported.clear()
+        if program.calls:
+            return []
+        engine = call.engine or program.engine
+        if program.marked and engine is not None:
+            return [self._pause(program, engine, now)]
+        program.pinned_until = max(program.pinned_until, now + call.retention_s)
+        learned = self.retention.ttl_for_tools(self.durations, program.cls.name, program.last_tools)
+        if learned is not None and now + learned < program.pinned_until:
+            program.pinned_until = now + learned
+            if learned == 0 and call.retention_s > 0 and engine is not None:
+                return [Unpin(program.program_id, program.tenant, engine)]
+        return []
+
+    def _last_activity(self, program: Program, now: float) -> float:
+        """Activity time; a call in flight or waiting counts only up to the router's timeout."""
+        last = program.last_activity
+        for call in (*program.calls.values(), *program.waiting.values()):
+            last = max(last, min(now, (call.started_at or call.arrived_at) + self.call_timeout_s))
+        return last
+
+    def _ledgers(self, now: float) -> dict[str, EngineLedger]:
+        ledgers: dict[str, EngineLedger] = {}
+        for program in self._programs.values():
+            if program.counts(now):
+                assert program.engine is not None
+                ledgers.setdefault(program.engine, EngineLedger(program.engine)).add(program)
+        return ledgers
+
+    def _usable(self, call: Call) -> list[str]:
+        return [
+            url for url, cap in self._engines.items()
+            if cap.up and cap.total_blocks > 0 and (call.candidates is None or url in call.candidates)
+        ]
+
+    def _room(self, url: str, ledgers: dict[str, EngineLedger], program: Program, call: Call) -> int:
+        """Tokens left under the low watermark after placing the call there (< 0: no room)."""
+        cap = self._engines[url]
+        ledger = ledgers.get(url) or EngineLedger(url)
+        tokens = max(program.context_tokens, call.prompt_tokens)
+        if program.key in ledger.members:
+            extra = max(0, tokens - program.context_tokens)
+        else:
+            extra = ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
+        limit = self.config.low_watermark * cap.total_tokens
+        if ledger.working_set == 0:
+            return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
+        return int(limit - ledger.working_set - extra)
+
+    def _placement(
+        self, program: Program, call: Call, ledgers: dict[str, EngineLedger], *, sticky: bool = False,
+        force: bool = False,
+    ) -> tuple[frozenset[str] | None, str | None]:
+        """(allowed engines, engine charged) or ((), None) when nothing has room.
+
+        ``sticky``: an active program stays on its engine while it is usable; ``force``: the
+        best engine even without room. No engine reporting capacity: any engine (None)."""
+        usable = self._usable(call)
+        if not usable:
+            return None, None
+        origin = program.engine if program.engine in usable else None
+        if origin is not None and (sticky or force):
+            return frozenset({origin}), origin
+        rooms = {url: self._room(url, ledgers, program, call) for url in usable}
+        fitting = [url for url, room in rooms.items() if room >= 0]
+        if origin is not None and origin in fitting:
+            return frozenset({origin}), origin
+        if fitting:
+            best = max(fitting, key=lambda u: (rooms[u], u))
+            return frozenset(fitting), best
+        if sticky or force:
+            best = max(usable, key=lambda u: (rooms[u], u))
+            return frozenset({best}), best
+        return frozenset(), None
+
+    def _admit(
+        self, program: Program, call: Call, engines: frozenset[str] | None, chosen: str | None, now: float,
+        ledgers: dict[str, EngineLedger], *, forced: bool,
+    ) -> Admit:
+        resumed = program.lifecycle is Lifecycle.PAUSED
+        if resumed and program.paused_at is not None:
+            self.counters.resumes[program.cls.name] += 1
+            self.counters.pause_seconds.append((program.cls.name, now - program.paused_at))
+        if forced:
+            self.counters.forced_admissions[program.cls.name] += 1
+        self.counters.longest_wait_s = max(self.counters.longest_wait_s, now - call.arrived_at)
+        program.waiting.pop(call.call_id, None)
+        if program.engine is not None and program.engine in ledgers:
+            ledgers[program.engine].remove(program)
+        program.lifecycle = Lifecycle.ACTIVE
+        program.paused_at = program.queued_at = None
+        program.context_tokens = max(program.context_tokens, call.prompt_tokens)
+        if call.block_hashes:
+            program.block_hashes = call.block_hashes
+        if chosen is not None:
+            program.engine = chosen
+            ledgers.setdefault(chosen, EngineLedger(chosen)).add(program)
+        call.started_at = now
+        call.engine = chosen if engines is not None and len(engines) == 1 else None
+        call.retention_s = self._retention_for(program)
+        program.calls[call.call_id] = call
+        return Admit(
+            call.call_id, program.program_id, program.tenant, engines, call.retention_s,
+            program.cls.priority, resumed=resumed, forced=forced,
+        )
+
+    def _retention_for(self, program: Program) -> float:
+        """TTL asked with a call, before its tools are known: the class's pooled gaps."""
+        return self.retention.ttl(self.durations.samples(program.cls.name, ANY_TOOL))
+
+    def _pause(self, program: Program, engine: str, now: float) -> Pause:
+        program.lifecycle = Lifecycle.PAUSED
+        program.paused_at = now
+        program.marked = False
+        program.pinned_until = 0.0
+        self.counters.pauses[program.cls.name] += 1
+        return Pause(program.program_id, program.tenant, engine)
+
+    def _terminate(self, program: Program, reason: str, now: float) -> list[Decision]:
+        del self._programs[program.key]
+        out: list[Decision] = []
+        for call_id in [*program.calls, *program.waiting]:
+            self._call_owner.pop(call_id, None)
+        for call_id in program.waiting:
+            out.append(Reject(call_id, program.program_id, program.tenant, f"program {reason}"))
+        program.calls.clear()
+        program.waiting.clear()
+        program.lifecycle = Lifecycle.TERMINATED
+        self.counters.terminations[(program.cls.name, reason)] += 1
+        if reason == "lease":
+            self.counters.lease_expiries[program.cls.name] += 1
+        out.append(Terminate(program.program_id, program.tenant, program.engine, reason))
+        return out
+
+    def _rebalance(self, now: float) -> list[Decision]:
+        decisions = self._expire(now)
+        ledgers = self._ledgers(now)
+        decisions += self._relieve_pressure(ledgers, now)
+        decisions += self._admit_waiting(ledgers, now)
+        return decisions
+
+    def _expire(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        for program in list(self._programs.values()):
+            for call_id, call in list(program.calls.items()):
+                timed_out_at = (call.started_at or call.arrived_at) + self.call_timeout_s
+                if timed_out_at < now:
+                    del program.calls[call_id]  # the router's own timeout ended it: a lost call
+                    program.last_activity = max(program.last_activity, timed_out_at)
+                    self._call_owner.pop(call_id, None)
+                    if not program.calls and program.marked and program.engine is not None:
+                        out.append(self._pause(program, program.engine, now))
+            if now - self._last_activity(program, now) > program.cls.lease_seconds:
+                out += self._terminate(program, "lease", now)
+        return out
+
+    def _relieve_pressure(self, ledgers: dict[str, EngineLedger], now: float) -> list[Decision]:
+        out: list[Decision] = []
+        for url, ledger in ledgers.items():
+            cap = self._engines.get(url)
+            if cap is None or cap.total_blocks <= 0:
+                continue
+            working_set = ledger.working_set
+            marked = [p for p in ledger.members.values() if p.marked]
+            if working_set <= self.config.low_watermark * cap.total_tokens:
+                for program in marked:
+                    program.marked = False
+                continue
+            if working_set <= self.config.high_watermark * cap.total_tokens:
+                continue
+            overflow = working_set - self.config.low_watermark * cap.total_tokens
+            overflow -= sum(ledger.marginal(p) for p in marked)
+            for reasoning in (False, True):
+                while overflow > 0:
+                    pool = [p for p in ledger.members.values() if bool(p.calls) == reasoning and not p.marked]
+                    if not pool:
+                        break
+                    victim = self._pick_victim(pool, ledger, overflow)
+                    overflow -= ledger.marginal(victim)
+                    if reasoning:
+                        victim.marked = True
+                    else:
+                        ledger.remove(victim)
+                        out.append(self._pause(victim, url, now))
+        return out
+
+    @staticmethod
+    def _pick_victim(pool: list[Program], ledger: EngineLedger, overflow: float) -> Program:
+        """Lowest class priority first; within it the smallest program that covers the
+        overflow alone, else the largest (fewest pauses, none beyond the overflow)."""
+        lowest = min(p.cls.priority for p in pool)
+        level = sorted(
+            (p for p in pool if p.cls.priority == lowest), key=lambda p: (p.last_activity, p.program_id)
+        )
+        sizes = {p.key: ledger.marginal(p) for p in level}
+        covering = [p for p in level if sizes[p.key] >= overflow]
+        if covering:
+            return min(covering, key=lambda p: sizes[p.key])
+        return max(level, key=lambda p: sizes[p.key])
+
+    def _admit_waiting(self, ledgers: dict[str, EngineLedger], now: float) -> list[Decision]:
+        waiting = sorted(
+            ((p, c) for p in self._programs.values() for c in p.waiting.values()),
+            key=lambda pc: (-pc[0].cls.priority, pc[1].arrived_at, pc[1].seq),
+        )
+        active_by_class: dict[str, int] = {}
+        for p in self._programs.values():
+            if p.lifecycle is Lifecycle.ACTIVE:
+                active_by_class[p.cls.name] = active_by_class.get(p.cls.name, 0) + 1
+        out: list[Decision] = []
+        still_waiting: list[Program] = []
+        for program, call in waiting:
+            if call.call_id not in program.waiting:
+                continue
+            forced = now - call.arrived_at >= self.config.max_wait_s
+            if program.lifecycle is Lifecycle.ACTIVE and program.marked and not forced:
+                still_waiting.append(program)
+                continue  # paused once its call in flight ends, then resumed from here
+            if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
+                engines, chosen = self._placement(program, call, ledgers, sticky=True)
+            else:
+                slots_free = active_by_class.get(program.cls.name, 0) < program.cls.max_concurrent_programs
+                if not slots_free and not forced:
+                    still_waiting.append(program)
+                    continue
+                engines, chosen = self._placement(program, call, ledgers, force=forced)
+                if engines is not None and not engines:
+                    still_waiting.append(program)
+                    continue
+                active_by_class[program.cls.name] = active_by_class.get(program.cls.name, 0) + 1
+            program.marked = False
+            out.append(self._admit(program, call, engines, chosen, now, ledgers, forced=forced))
+        depth = self.config.prewarm_queue_depth
+        for program in {p.key: p for p in still_waiting}.values():
+            if depth <= 0:
+                break
+            depth -= 1
+            if not program.prewarmed:
+                program.prewarmed = True
+                out.append(Prewarm(program.program_id, program.tenant, program.cls.name))
+        return out

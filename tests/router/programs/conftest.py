@@ -1,0 +1,8 @@
+"""Program tests: makes the helpers in this folder importable as ``sched_helpers``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

@@ -1,0 +1,180 @@
+"""Program scheduler: waits, aging, concurrency, leases, release, classes, priorities."""
+
+from __future__ import annotations
+
+import pytest
+from sched_helpers import admits, finish, klass, make, start
+
+from shoal.router.programs.decisions import Admit, Prewarm, Reject, Terminate, Wait
+from shoal.router.programs.scheduler import ContextTooLong, ProgramNotFound, UnknownClass
+
+
+def test_aging_bound_admits_a_call_that_waited_max_wait_s() -> None:
+    sched, clock = make(max_wait_s=30.0)
+    start(sched, "big", 700)
+    held, _ = start(sched, "p2", 100)
+    assert isinstance(held, Wait)
+    assert sched.next_deadline() == clock.now + 30.0
+    clock.advance(29.9)
+    assert admits(sched.tick()) == []
+    clock.advance(0.1)
+    late = admits(sched.tick())
+    assert [(a.call_id, a.forced) for a in late] == [(held.call_id, True)]
+    assert late[0].engines == frozenset({"A"})
+    assert sched.counters.forced_admissions["agents"] == 1
+    assert sched.counters.longest_wait_s == pytest.approx(30.0)
+
+
+def test_concurrent_calls_of_one_program_keep_its_state_exact() -> None:
+    sched, clock = make()
+    c1, _ = start(sched, "p", 200)
+    c2, _ = start(sched, "p", 300)  # a parallel call of the same program
+    assert isinstance(c1, Admit) and isinstance(c2, Admit)
+    view = sched.view("p", "t")
+    assert (view.calls_in_flight, view.activity) == (2, "reasoning")
+    clock.advance(1)
+    finish(sched, c2.call_id, 300, 50)  # the later call ends first
+    assert sched.view("p", "t").activity == "reasoning"
+    finish(sched, c1.call_id, 200, 20)  # the older call's smaller usage must not shrink the context
+    view = sched.view("p", "t")
+    assert (view.turns, view.context_tokens, view.activity, view.calls_in_flight) == (2, 350, "acting", 0)
+    assert finish(sched, c1.call_id, 200, 20) == []  # a duplicate end is ignored
+    assert sched.view("p", "t").turns == 2
+    assert sched.counters.steps["agents"] == 2
+
+
+def test_lease_expires_for_a_client_that_crashed_mid_call() -> None:
+    sched, clock = make([klass(lease_seconds=60)], call_timeout_s=30.0)
+    admit, _ = start(sched, "crashed", 100)
+    assert isinstance(admit, Admit)
+    clock.advance(89)  # the call counts as activity only up to the 30 s request timeout
+    assert sched.tick() == []
+    clock.advance(2)
+    decisions = sched.tick()
+    assert decisions == [Terminate("crashed", "t", "A", "lease")]
+    assert sched.counters.lease_expiries["agents"] == 1
+    assert finish(sched, admit.call_id, 100, 5) == []  # a late end of the lost call changes nothing
+    with pytest.raises(ProgramNotFound):
+        sched.view("crashed", "t")
+
+
+def test_lease_expires_for_a_client_that_vanished_between_calls() -> None:
+    sched, clock = make([klass(lease_seconds=60)])
+    admit, _ = start(sched, "idle", 100)
+    finish(sched, admit.call_id, 100, 10)
+    clock.advance(59)
+    assert sched.tick() == []
+    sched.tool_finished("idle", "t", "bash", 1.0)  # tool activity renews the lease
+    clock.advance(59)
+    assert sched.tick() == []
+    clock.advance(2)
+    assert [d.reason for d in sched.tick() if isinstance(d, Terminate)] == ["lease"]
+
+
+def test_release_is_scoped_to_the_owning_tenant() -> None:
+    sched, _ = make()
+    start(sched, "p1", 100, tenant="alice")
+    with pytest.raises(ProgramNotFound):
+        sched.release("p1", "mallory")
+    with pytest.raises(ProgramNotFound):
+        sched.view("p1", "mallory")
+    assert sched.views("mallory") == []
+    start(sched, "p1", 100, tenant="mallory")  # the same id under another tenant: another program
+    assert sched.view("p1", "mallory").turns == 0 and sched.view("p1", "alice").turns == 0
+    assert sched.release("p1", "alice") == [Terminate("p1", "alice", "A", "release")]
+    assert sched.view("p1", "mallory").lifecycle == "active"
+    with pytest.raises(ProgramNotFound):
+        sched.tool_finished("p1", "alice", "bash", 1.0)
+
+
+def test_release_rejects_waiting_calls_and_frees_room() -> None:
+    sched, _ = make()
+    start(sched, "big", 700)
+    held, _ = start(sched, "small", 100)
+    held2, _ = start(sched, "other", 100)
+    assert isinstance(held, Wait) and isinstance(held2, Wait)
+    decisions = sched.release("small", "t")
+    assert Reject(held.call_id, "small", "t", "program release") in decisions
+    decisions = sched.release("big", "t")
+    assert [a.call_id for a in admits(decisions)] == [held2.call_id]
+
+
+def test_class_reload_keeps_running_programs_on_their_config() -> None:
+    sched, _ = make([klass("agents", priority=50), klass("batch", priority=10)])
+    first, _ = start(sched, "p", 100)
+    assert isinstance(first, Admit) and first.priority == 50
+    finish(sched, first.call_id, 100, 5)
+    sched.set_classes([klass("batch", priority=10)])  # "agents" removed
+    with pytest.raises(UnknownClass):
+        start(sched, "new", 100)
+    again, _ = sched.call_started("p", "t", sched.resolve_class("batch", "m"), prompt_tokens=110)
+    assert isinstance(again, Admit) and again.priority == 50  # the program keeps its own class
+    finish(sched, again.call_id, 110, 5)
+    sched.set_classes([klass("agents", priority=80), klass("batch", priority=10)])
+    third, _ = sched.call_started("p", "t", sched.resolve_class("agents", "m"), prompt_tokens=120)
+    assert isinstance(third, Admit) and third.priority == 80  # re-read at its next call
+    assert sched.view("p", "t").class_name == "agents"
+
+
+def test_default_class_by_model_and_fallback() -> None:
+    sched, _ = make([klass("coder", model="qwen"), klass("chat", model="qwen"), klass("tiny", model="smol")])
+    assert sched.resolve_class(None, "qwen").name == "coder"
+    assert sched.resolve_class(None, "smol").name == "tiny"
+    fallback = sched.resolve_class(None, "unknown-model")
+    assert fallback.name == "default" and fallback.model == "unknown-model"
+
+
+def test_waiting_calls_resume_by_priority_then_wait_time() -> None:
+    sched, clock = make([klass("low", priority=10), klass("high", priority=90)])
+    first, _ = start(sched, "big", 700, cls="low")
+    assert isinstance(first, Admit)
+    low_a, _ = start(sched, "low-a", 300, cls="low")
+    clock.advance(1)
+    high, _ = start(sched, "high", 500, cls="high")
+    clock.advance(1)
+    low_b, _ = start(sched, "low-b", 200, cls="low")
+    assert all(isinstance(d, Wait) for d in (low_a, high, low_b))
+    decisions = sched.release("big", "t")
+    # high (500) first; then low-a (300) no longer fits under 750 but low-b (200) does.
+    assert [a.program_id for a in admits(decisions)] == ["high", "low-b"]
+    assert sched.view("low-a", "t").lifecycle == "queued"
+
+
+def test_max_concurrent_programs_per_class() -> None:
+    sched, _ = make([klass(max_concurrent_programs=2)])
+    a, _ = start(sched, "p1", 50)
+    b, _ = start(sched, "p2", 50)
+    c, _ = start(sched, "p3", 50)
+    assert isinstance(a, Admit) and isinstance(b, Admit) and isinstance(c, Wait)
+    more, _ = start(sched, "p1", 60)  # an admitted program's next call is not limited
+    assert isinstance(more, Admit)
+    decisions = sched.release("p2", "t")
+    assert [x.call_id for x in admits(decisions)] == [c.call_id]
+
+
+def test_class_context_limit_rejects_long_prompts() -> None:
+    sched, _ = make([klass(max_context_tokens=500)])
+    with pytest.raises(ContextTooLong, match="501 tokens"):
+        start(sched, "p", 501)
+    with pytest.raises(ProgramNotFound):
+        sched.view("p", "t")  # a rejected first call leaves no program behind
+
+
+def test_programs_near_the_head_of_the_queue_are_prewarmed_once() -> None:
+    sched, _ = make(prewarm_queue_depth=1)
+    start(sched, "big", 700)
+    _, first = start(sched, "q1", 100)
+    _, second = start(sched, "q2", 100)
+    assert Prewarm("q1", "t", "agents") in first
+    assert not any(isinstance(d, Prewarm) for d in second)
+    assert not any(isinstance(d, Prewarm) for d in sched.tick())
+
+
+def test_counts_by_class_state_and_activity() -> None:
+    sched, _ = make()
+    admit, _ = start(sched, "p1", 700)
+    start(sched, "p2", 100)
+    assert sched.program_counts() == {("agents", "active", "reasoning"): 1, ("agents", "queued", "acting"): 1}
+    assert isinstance(admit, Admit)
+    finish(sched, admit.call_id, 700, 1)
+    assert sched.program_counts()[("agents", "active", "acting")] == 1
