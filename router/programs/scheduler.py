@@ -19,6 +19,8 @@ from shoal.router.programs.accounting import EngineLedger
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.counters import ProgramView, SchedulerCounters
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
+from shoal.router.programs.placement import place
+from shoal.router.programs.pressure import plan_relief
 from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
 
@@ -194,7 +196,7 @@ class ProgramScheduler:
         own: Admit | Wait | None = None
         if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
             ledgers = self._ledgers(now)
-            engines, chosen = self._placement(program, call, ledgers, sticky=True)
+            engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, sticky=True)
             own = self._admit(program, call, engines, chosen, now, ledgers, forced=False)
         else:
             program.waiting[call.call_id] = call
@@ -329,52 +331,6 @@ class ProgramScheduler:
                 ledgers.setdefault(program.engine, EngineLedger(program.engine)).add(program)
         return ledgers
 
-    def _usable(self, call: Call) -> list[str]:
-        return [
-            url for url, cap in self._engines.items()
-            if cap.up and cap.total_blocks > 0 and (call.candidates is None or url in call.candidates)
-        ]
-
-    def _room(self, url: str, ledgers: dict[str, EngineLedger], program: Program, call: Call) -> int:
-        """Tokens left under the low watermark after placing the call there (< 0: no room)."""
-        cap = self._engines[url]
-        ledger = ledgers.get(url) or EngineLedger(url)
-        tokens = max(program.context_tokens, call.prompt_tokens)
-        if program.key in ledger.members:
-            extra = max(0, tokens - program.context_tokens)
-        else:
-            extra = ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
-        limit = self.config.low_watermark * cap.total_tokens
-        if ledger.working_set == 0:
-            return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
-        return int(limit - ledger.working_set - extra)
-
-    def _placement(
-        self, program: Program, call: Call, ledgers: dict[str, EngineLedger], *, sticky: bool = False,
-        force: bool = False,
-    ) -> tuple[frozenset[str] | None, str | None]:
-        """(allowed engines, engine charged) or ((), None) when nothing has room.
-
-        ``sticky``: an active program stays on its engine while it is usable; ``force``: the
-        best engine even without room. No engine reporting capacity: any engine (None)."""
-        usable = self._usable(call)
-        if not usable:
-            return None, None
-        origin = program.engine if program.engine in usable else None
-        if origin is not None and (sticky or force):
-            return frozenset({origin}), origin
-        rooms = {url: self._room(url, ledgers, program, call) for url in usable}
-        fitting = [url for url, room in rooms.items() if room >= 0]
-        if origin is not None and origin in fitting:
-            return frozenset({origin}), origin
-        if fitting:
-            best = max(fitting, key=lambda u: (rooms[u], u))
-            return frozenset(fitting), best
-        if sticky or force:
-            best = max(usable, key=lambda u: (rooms[u], u))
-            return frozenset({best}), best
-        return frozenset(), None
-
     def _admit(
         self, program: Program, call: Call, engines: frozenset[str] | None, chosen: str | None, now: float,
         ledgers: dict[str, EngineLedger], *, forced: bool,
@@ -462,43 +418,9 @@ class ProgramScheduler:
             cap = self._engines.get(url)
             if cap is None or cap.total_blocks <= 0:
                 continue
-            working_set = ledger.working_set
-            marked = [p for p in ledger.members.values() if p.marked]
-            if working_set <= self.config.low_watermark * cap.total_tokens:
-                for program in marked:
-                    program.marked = False
-                continue
-            if working_set <= self.config.high_watermark * cap.total_tokens:
-                continue
-            overflow = working_set - self.config.low_watermark * cap.total_tokens
-            overflow -= sum(ledger.marginal(p) for p in marked)
-            for reasoning in (False, True):
-                while overflow > 0:
-                    pool = [p for p in ledger.members.values() if bool(p.calls) == reasoning and not p.marked]
-                    if not pool:
-                        break
-                    victim = self._pick_victim(pool, ledger, overflow)
-                    overflow -= ledger.marginal(victim)
-                    if reasoning:
-                        victim.marked = True
-                    else:
-                        ledger.remove(victim)
-                        out.append(self._pause(victim, url, now))
+            relief = plan_relief(ledger, cap.total_tokens, self.config.high_watermark, self.config.low_watermark)
+            out.extend(self._pause(program, url, now) for program in relief.pause)
         return out
-
-    @staticmethod
-    def _pick_victim(pool: list[Program], ledger: EngineLedger, overflow: float) -> Program:
-        """Lowest class priority first; within it the smallest program that covers the
-        overflow alone, else the largest (fewest pauses, none beyond the overflow)."""
-        lowest = min(p.cls.priority for p in pool)
-        level = sorted(
-            (p for p in pool if p.cls.priority == lowest), key=lambda p: (p.last_activity, p.program_id)
-        )
-        sizes = {p.key: ledger.marginal(p) for p in level}
-        covering = [p for p in level if sizes[p.key] >= overflow]
-        if covering:
-            return min(covering, key=lambda p: sizes[p.key])
-        return max(level, key=lambda p: sizes[p.key])
 
     def _admit_waiting(self, ledgers: dict[str, EngineLedger], now: float) -> list[Decision]:
         waiting = sorted(
@@ -519,13 +441,13 @@ class ProgramScheduler:
                 still_waiting.append(program)
                 continue  # paused once its call in flight ends, then resumed from here
             if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
-                engines, chosen = self._placement(program, call, ledgers, sticky=True)
+                engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, sticky=True)
             else:
                 slots_free = active_by_class.get(program.cls.name, 0) < program.cls.max_concurrent_programs
                 if not slots_free and not forced:
                     still_waiting.append(program)
                     continue
-                engines, chosen = self._placement(program, call, ledgers, force=forced)
+                engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, force=forced)
                 if engines is not None and not engines:
                     still_waiting.append(program)
                     continue

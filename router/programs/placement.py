@@ -1,0 +1,73 @@
+"""Where a call of a program may run: engines with room under the low watermark.
+
+Pure functions over the engines' reported capacities and the per-engine ledgers of one
+decision round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shoal.router.programs.accounting import EngineLedger
+from shoal.router.programs.state import Call, EngineCapacity, Program
+
+Placement = tuple[frozenset[str] | None, str | None]
+"""(allowed engines, engine charged for the program's KV): ``(None, None)`` means any engine
+(no engine reports capacity); an empty set means no room anywhere."""
+
+
+def usable_engines(engines: Mapping[str, EngineCapacity], call: Call) -> list[str]:
+    """Engines that are up, report a KV pool, and are candidates for the call."""
+    return [
+        url for url, cap in engines.items()
+        if cap.up and cap.total_blocks > 0 and (call.candidates is None or url in call.candidates)
+    ]
+
+
+def room_after(
+    cap: EngineCapacity, ledger: EngineLedger | None, program: Program, call: Call, low_watermark: float
+) -> int:
+    """Tokens left under the low watermark once the call's program is there (< 0: no room)."""
+    ledger = ledger or EngineLedger("")
+    tokens = max(program.context_tokens, call.prompt_tokens)
+    if program.key in ledger.members:
+        extra = max(0, tokens - program.context_tokens)
+    else:
+        extra = ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
+    limit = low_watermark * cap.total_tokens
+    if ledger.working_set == 0:
+        return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
+    return int(limit - ledger.working_set - extra)
+
+
+def place(
+    engines: Mapping[str, EngineCapacity],
+    ledgers: Mapping[str, EngineLedger],
+    program: Program,
+    call: Call,
+    low_watermark: float,
+    *,
+    sticky: bool = False,
+    force: bool = False,
+) -> Placement:
+    """The origin engine when it is usable and (unless ``sticky``/``force``) has room; else
+    every engine with room (prefix affinity picks among them), charged to the roomiest.
+
+    ``sticky``: an active program stays where its KV is; ``force``: the aging bound, the best
+    engine even without room."""
+    usable = usable_engines(engines, call)
+    if not usable:
+        return None, None
+    origin = program.engine if program.engine in usable else None
+    if origin is not None and (sticky or force):
+        return frozenset({origin}), origin
+    rooms = {url: room_after(engines[url], ledgers.get(url), program, call, low_watermark) for url in usable}
+    fitting = [url for url, room in rooms.items() if room >= 0]
+    if origin is not None and origin in fitting:
+        return frozenset({origin}), origin
+    if fitting:
+        return frozenset(fitting), max(fitting, key=lambda u: (rooms[u], u))
+    if sticky or force:
+        best = max(usable, key=lambda u: (rooms[u], u))
+        return frozenset({best}), best
+    return frozenset(), None
