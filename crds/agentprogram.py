@@ -7,6 +7,10 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from shoal.crds.common import DNS_LABEL, ApiModel, Condition, Reason, ResourceRequirements, spec_error
+from shoal.crds.quantity import quantity_bytes
+
+BYTE_RESOURCES = ("memory", "ephemeral-storage")
+"""Sandbox resources that are byte counts (the router also enforces them: RLIMIT_AS, work directory size)."""
 
 
 class ProgramLimits(ApiModel):
@@ -28,7 +32,8 @@ class SandboxTemplate(ApiModel):
     command: list[Annotated[str, Field(min_length=1)]] | None = None
     """Command of a local sandbox process (local backend)."""
     resources: ResourceRequirements | None = None
-    """Resources of one sandbox."""
+    """Resources of one sandbox: the pod's requests/limits (image); limits.memory also bounds each
+    tool's address space and limits.ephemeral-storage the work directory."""
     network: Literal["none", "egress"] = "none"
     """none (no network) or egress (outbound only)."""
     warm_pool_size: Annotated[int, Field(ge=0, le=1000)] = 0
@@ -40,7 +45,23 @@ class SandboxTemplate(ApiModel):
     def _one_backend(self) -> SandboxTemplate:
         if (self.image is None) == (not self.command):
             raise spec_error(Reason.SANDBOX_INVALID, "set exactly one of image or command")
+        for section in ("requests", "limits"):
+            for name in BYTE_RESOURCES:
+                value = (getattr(self.resources, section) or {}).get(name) if self.resources else None
+                if value is None:
+                    continue
+                try:
+                    size = quantity_bytes(value)
+                except ValueError as exc:
+                    raise spec_error(Reason.RESOURCES_INVALID, f"resources.{section}.{name}: {exc}") from None
+                if size < 1 << 20:
+                    raise spec_error(Reason.RESOURCES_INVALID, f"resources.{section}.{name}: at least 1Mi")
         return self
+
+    def limit_bytes(self, name: str) -> int | None:
+        """A byte-valued limit (memory, ephemeral-storage), or None when unset."""
+        value = ((self.resources.limits if self.resources else None) or {}).get(name)
+        return None if value is None else quantity_bytes(value)
 
 
 class Tool(ApiModel):
@@ -50,8 +71,12 @@ class Tool(ApiModel):
     """Function name shown to the model."""
     description: str = ""
     """What the tool does (shown to the model)."""
-    command: list[Annotated[str, Field(min_length=1)]] | None = None
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     """Command run in the sandbox; the call's JSON arguments arrive on stdin."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60
+    """Wall-clock limit of one call; the tool's whole process group is killed past it."""
+    max_output_bytes: Annotated[int, Field(ge=256, le=16 << 20)] = 65_536
+    """stdout and stderr are each truncated to this many bytes (the result says so)."""
 
 
 class AgentProgramSpec(ApiModel):
@@ -81,14 +106,22 @@ class AgentProgramSpec(ApiModel):
 
 
 class AgentProgramStatus(ApiModel):
-    """Observed state of an AgentProgram."""
+    """Observed state of an AgentProgram (the counts are what its router reports)."""
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The metadata.generation the operator last acted on."""
-    router_config_hash: str | None = None
-    """Hash of the router configuration that includes this program class."""
+    active_programs: Annotated[int, Field(ge=0)] | None = None
+    """Programs of this class admitted and running."""
+    paused_programs: Annotated[int, Field(ge=0)] | None = None
+    """Programs paused under KV pressure."""
+    queued_programs: Annotated[int, Field(ge=0)] | None = None
+    """Programs waiting for admission."""
+    steps_per_minute: Annotated[float, Field(ge=0)] | None = None
+    """LLM calls (steps) of this class per minute, recently."""
+    last_report_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When the router last reported on this class (RFC 3339)."""
     conditions: list[Condition] | None = None
-    """Ready, Progressing and Degraded."""
+    """Ready (the router has loaded the class), Progressing and Degraded."""
 
 
 class AgentProgram(ApiModel):

@@ -71,6 +71,7 @@ class Reason(StrEnum):
     POOL_NOT_READY = "PoolNotReady"
     ROUTER_NOT_FOUND = "RouterNotFound"
     ROUTER_NOT_READY = "RouterNotReady"
+    CLASS_NOT_LOADED = "ClassNotLoaded"
     MODEL_NOT_SERVED = "ModelNotServed"
     SECRET_NOT_FOUND = "SecretNotFound"
 

@@ -113,6 +113,23 @@ class Speculation(ApiModel):
     """Draft model location (method draft)."""
 
 
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the pool's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
+    """Secret name."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "api-key"
+    """Key in the Secret holding the value."""
+
+
+class EngineAuth(ApiModel):
+    """The engines' own API key: every path but /health and /metrics then needs it. Routers that
+    serve the pool get the same Secret as their upstream credential."""
+
+    api_key_secret_ref: SecretKeyRef
+    """Secret key holding the engines' API key."""
+
+
 class EngineSettings(ApiModel):
     """Settings of each engine replica (flags of ``python -m shoal.engine serve``)."""
 
@@ -139,6 +156,11 @@ class EngineSettings(ApiModel):
     (empty: the engine default)."""
     speculation: Speculation | None = None
     """Speculative decoding. Not supported yet: setting it makes the pool Degraded (FeatureNotSupported)."""
+    auth: EngineAuth | None = None
+    """Require an API key on the engines (empty: keyless engines, reachable by anything in the cluster)."""
+    drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    """On shutdown, running requests get this long to finish (new ones get 503); the pod's
+    termination grace period is set to cover it."""
 
 
 class Autoscaling(ApiModel):

@@ -139,19 +139,40 @@ class RateLimits(ApiModel):
 
 
 class ProgramScheduling(ApiModel):
-    """Whole-program scheduling of agent workflows (AgentProgram resources name this router)."""
+    """Whole-program scheduling of agent workflows (AgentProgram resources name this router).
 
-    enabled: bool = True
-    """Schedule requests that carry a program id as programs."""
+    Rendered into the router's ``programs`` settings; the defaults are the router's own.
+    """
+
+    enabled: bool | None = None
+    """Programs are always scheduled: false is not supported (the Router is Degraded with
+    FeatureNotSupported); leave it empty."""
     kv_high_watermark: Annotated[float, Field(gt=0, le=1)] = 0.9
-    """KV usage above which new programs wait for admission."""
+    """Fraction of an engine's KV blocks the programs' working set may reach before programs
+    there are paused (and new ones wait)."""
     kv_low_watermark: Annotated[float, Field(gt=0, le=1)] = 0.75
-    """KV usage below which waiting programs are admitted again."""
-    default_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = 600
-    """Lease of a program without an AgentProgram class."""
+    """Pausing stops, and resuming starts, below this fraction (the hysteresis band)."""
+    tick_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """Timer for decisions between events (leases, aging, capacity changes)."""
+    max_wait_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
+    """Aging bound: a queued or paused program is admitted once it has waited this long."""
+    retention_max_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    """Longest KV retention the router asks an engine for after a turn."""
+    reload_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """How often the router checks its AgentProgram classes file for changes."""
+    default_lease_seconds: Annotated[int, Field(ge=1, le=86400)] | None = None
+    """Not supported: a program's lease comes from its AgentProgram's limits.leaseSeconds;
+    setting it makes the Router Degraded (FeatureNotSupported)."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> ProgramScheduling:
+        if self.enabled is False:
+            raise spec_error(Reason.FEATURE_NOT_SUPPORTED, "programs.enabled: false is not supported")
+        if self.default_lease_seconds is not None:
+            raise spec_error(
+                Reason.FEATURE_NOT_SUPPORTED,
+                "programs.defaultLeaseSeconds is not supported: set limits.leaseSeconds on the AgentProgram",
+            )
         if self.kv_low_watermark > self.kv_high_watermark:
             raise ValueError("programs.kvLowWatermark must not exceed kvHighWatermark")
         return self
@@ -181,7 +202,8 @@ class RouterSpec(ApiModel):
     rate_limits: RateLimits | None = None
     """Client rate limits; empty means unlimited."""
     programs: Annotated[ProgramScheduling, Field(json_schema_extra={"default": {}})] = ProgramScheduling()
-    """Agent-program scheduling settings (rendered with the AgentPrograms into programs.yaml)."""
+    """Agent-program scheduling settings (router.yaml ``programs``; the AgentPrograms' classes are
+    rendered into a separate, live-reloaded file)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Router log level (request bodies and API keys are never logged)."""
     replicas: Annotated[int, Field(ge=0, le=100)] = 1

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from shoal.crds import Reason, explain
 from shoal.operator.builders.common import Images
 from shoal.operator.kube import KubeClient, ResourceType
+from shoal.operator.router_classes import FetchClasses
 from shoal.operator.status import invalid, merge_conditions, now_rfc3339
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -31,7 +32,18 @@ class Ctx:
     """KEDA's ScaledObject API exists: autoscale with KEDA instead of an HPA."""
     check_secrets: bool = True
     """Check that a Router's API-key Secret exists (needs get on Secrets; off: pods wait for it instead)."""
+    fetch_classes: FetchClasses | None = None
+    """Asks a router which program classes it has loaded (AgentProgram status); None: never asked."""
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    _program_namespaces: set[str] = field(default_factory=set)
+
+    def saw_program_in(self, namespace: str) -> None:
+        """Record a namespace with AgentPrograms (the status poll lists only those: an operator
+        watching some namespaces may not list cluster-wide)."""
+        self._program_namespaces.add(namespace)
+
+    def program_namespaces(self) -> list[str]:
+        return sorted(self._program_namespaces)
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: its read-compute-write status sequences never interleave."""

@@ -2,12 +2,15 @@
 
 Run with ``shoal operator`` (or ``kopf run -m shoal.operator.handlers``). Invalid specs become a
 PermanentError (the controller already wrote Degraded + an Event); missing dependencies become a
-TemporaryError, retried. No finalizers (so no timers either): children are owned and
-garbage-collected by Kubernetes, and status follows child and pool watch events.
+TemporaryError, retried. No finalizers (so no kopf timers either): children are owned and
+garbage-collected by Kubernetes, status follows child and pool watch events, and AgentProgram
+status comes from one background loop that asks each router for its loaded classes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable
@@ -20,7 +23,9 @@ from shoal.operator.builders.common import LABEL_MANAGED_BY, MANAGER, Images
 from shoal.operator.context import Ctx, NotReady, SpecRejected
 from shoal.operator.kube import ROUTERS, KubeClient
 from shoal.operator.pools import reconcile_pool, refresh_pool_status
+from shoal.operator.program_status import poll_program_statuses
 from shoal.operator.programs import forget_program, reconcile_program
+from shoal.operator.router_classes import HttpClassesFetcher
 from shoal.operator.routers import reconcile_router, refresh_router_status
 
 
@@ -45,14 +50,24 @@ async def startup(
     )
     keda = await kube.has_api("keda.sh/v1alpha1")
     check_secrets = os.environ.get("SHOAL_CHECK_SECRETS", "true").lower() in ("1", "true", "yes")
-    memo.ctx = Ctx(kube=kube, images=images, keda=keda, check_secrets=check_secrets)
+    fetcher = HttpClassesFetcher()
+    memo.ctx = Ctx(kube=kube, images=images, keda=keda, check_secrets=check_secrets, fetch_classes=fetcher)
+    interval = float(os.environ.get("SHOAL_PROGRAM_STATUS_INTERVAL", "10"))
+    memo.program_status_task = asyncio.create_task(poll_program_statuses(memo.ctx, interval))
     logger.info("shoal operator: autoscaling via %s", "KEDA" if keda else "HPA")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "program_status_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     ctx: Ctx | None = getattr(memo, "ctx", None)
     if ctx is not None:
+        if isinstance(ctx.fetch_classes, HttpClassesFetcher):
+            await ctx.fetch_classes.aclose()
         await ctx.kube.aclose()
 
 

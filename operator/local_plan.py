@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.crds import parse_model_uri
-from shoal.operator.builders.engine_args import engine_args
+from shoal.crds import ModelPoolSpec, parse_model_uri
+from shoal.operator.builders.engine_args import ENGINE_API_KEY_ENV, engine_args
 from shoal.operator.builders.modelpool import desired_replicas
-from shoal.operator.builders.router_config import render
+from shoal.operator.builders.program_class import program_class
+from shoal.operator.builders.router_config import CLASSES_KEY, UPSTREAM_KEY_ENV, render
 from shoal.operator.manifests import LocalStack
 
 HOST = "127.0.0.1"
@@ -24,6 +25,8 @@ class ProcessSpec:
     argv: tuple[str, ...]
     port: int
     log: Path
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment (secrets stay off the command line)."""
 
     @property
     def url(self) -> str:
@@ -55,6 +58,14 @@ def local_model(uri: str) -> str:
     return f"bundled:{src.location}" if src.scheme == "bundled" else src.location
 
 
+def engine_key(stack: LocalStack, pool: ModelPoolSpec) -> str | None:
+    """The engine API key of a pool (from its Secret in the manifests), or None for keyless engines."""
+    if pool.engine.auth is None:
+        return None
+    ref = pool.engine.auth.api_key_secret_ref
+    return stack.secrets[ref.name][ref.key]
+
+
 def plan_stack(
     stack: LocalStack,
     state_dir: Path,
@@ -77,7 +88,10 @@ def plan_stack(
         for i in range(count):
             port = next(ports)
             args = engine_args(pool, local_model(pool.model.uri), host=HOST, port=port)
-            spec = ProcessSpec(f"engine/{name}-{i}", (python, "-m", engine_module, *args), port, logs / f"{name}-{i}.log")
+            key = engine_key(stack, pool)
+            env = ((ENGINE_API_KEY_ENV, key),) if key is not None else ()
+            argv = (python, "-m", engine_module, *args)
+            spec = ProcessSpec(f"engine/{name}-{i}", argv, port, logs / f"{name}-{i}.log", env)
             processes.append(spec)
             replicas[name].append(spec.url)
 
@@ -94,20 +108,23 @@ def plan_stack(
             keys_dir = str(folder / "api-keys")
             files.update({folder / "api-keys" / key: value + "\n" for key, value in secret.items()})
             api_keys[name] = next(iter(secret.values()))
-        programs = {n: p for n, p in stack.programs.items() if p.router == name}
+        classes = [program_class(n, p) for n, p in stack.programs.items() if p.router == name]
         pools = {ref.name: stack.pools.get(ref.name) for ref in router.pools}
         rendered = render(
-            router, pools, programs, lambda pool: {"static": replicas[pool]},
-            host=HOST, port=port, api_keys_path=keys_dir,
+            router, pools, classes, lambda pool: {"static": replicas[pool]},
+            host=HOST, port=port, api_keys_path=keys_dir, classes_file=str(folder / CLASSES_KEY),
         )  # fmt: skip
         files[folder / "router.yaml"] = rendered.router_yaml
-        files[folder / "programs.yaml"] = rendered.programs_yaml
+        files[folder / CLASSES_KEY] = rendered.classes_yaml
+        upstream = rendered.upstream_key
+        router_env = ((UPSTREAM_KEY_ENV, stack.secrets[upstream.name][upstream.key]),) if upstream else ()
         processes.append(
             ProcessSpec(
                 f"router/{name}",
                 (python, "-m", "shoal.router", "--config", str(folder / "router.yaml")),
                 port,
                 logs / f"router-{name}.log",
+                router_env,
             )
         )
         endpoints[name] = f"http://{HOST}:{port}/v1"

@@ -100,7 +100,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._env,
+                env={**self._env, **dict(spec.env)},
                 start_new_session=True,
                 preexec_fn=_child_setup(os.getpid()),
             )

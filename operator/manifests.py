@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 
 from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec, parse_model_uri
+from shoal.operator.builders.program_class import ClassError, local_problem, program_class
+from shoal.operator.builders.router_config import served_models
 from shoal.operator.context import SpecRejected, validate_spec
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -65,6 +67,17 @@ def _check_local_source(spec: ModelPoolSpec) -> None:
         raise SpecRejected(Reason.MODEL_SOURCE_INVALID, f"model path {src.location} does not exist on this machine")
 
 
+def _local_program(name: str, spec: AgentProgramSpec) -> AgentProgramSpec:
+    problem = local_problem(spec)
+    if problem is not None:
+        raise SpecRejected(Reason.FEATURE_NOT_SUPPORTED, problem)
+    try:
+        program_class(name, spec)
+    except ClassError as exc:
+        raise SpecRejected(Reason.SPEC_INVALID, str(exc)) from None
+    return spec
+
+
 def load_stack(paths: list[Path]) -> LocalStack:
     """Parse and validate every object; ManifestError on the first problem."""
     stack = LocalStack()
@@ -90,7 +103,7 @@ def load_stack(paths: list[Path]) -> LocalStack:
                 elif kind == "Router":
                     stack.routers[name] = validate_spec(RouterSpec, doc)
                 elif kind == "AgentProgram":
-                    stack.programs[name] = validate_spec(AgentProgramSpec, doc)
+                    stack.programs[name] = _local_program(name, validate_spec(AgentProgramSpec, doc))
                 elif kind == "Secret":
                     stack.secrets[name] = _secret_data(doc, where)
                 else:
@@ -111,6 +124,19 @@ def _check_references(stack: LocalStack) -> None:
         if router.auth is not None and router.auth.api_keys_secret.name not in stack.secrets:
             secret = router.auth.api_keys_secret.name
             raise ManifestError(f"Router/{name}: {Reason.SECRET_NOT_FOUND.value}: no Secret {secret} in the manifests")
+    for name, pool in stack.pools.items():
+        ref = pool.engine.auth.api_key_secret_ref if pool.engine.auth else None
+        if ref is not None and ref.key not in stack.secrets.get(ref.name, {}):
+            raise ManifestError(
+                f"ModelPool/{name}: {Reason.SECRET_NOT_FOUND.value}: no Secret {ref.name} with key {ref.key}"
+            )
     for name, program in stack.programs.items():
         if program.router not in stack.routers:
             raise ManifestError(f"AgentProgram/{name}: {Reason.ROUTER_NOT_FOUND.value}: no Router {program.router}")
+        router = stack.routers[program.router]
+        served = served_models(router, {ref.name: stack.pools.get(ref.name) for ref in router.pools})
+        if program.model not in served:
+            raise ManifestError(
+                f"AgentProgram/{name}: {Reason.MODEL_NOT_SERVED.value}: Router {program.router} serves no model "
+                f"{program.model} (serves: {', '.join(sorted(served))})"
+            )

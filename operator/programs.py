@@ -1,57 +1,56 @@
-"""AgentProgram controller: validate the class and reflect it in its router's config."""
+"""AgentProgram controller: validate the class, put it in its router's classes file, report status."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any
 
-from shoal.crds import AgentProgramSpec, ConditionType, ModelPoolSpec, Reason, RouterSpec
+from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
+from shoal.operator.builders.common import Owner
+from shoal.operator.builders.program_class import ClassError, cluster_problem, owner_ref, program_class
 from shoal.operator.builders.router_config import served_models
 from shoal.operator.context import (
     Ctx,
     NotReady,
     SpecRejected,
-    generation,
     report_problem,
     try_spec,
     validate_spec,
 )
 from shoal.operator.kube import AGENTPROGRAMS, MODELPOOLS, ROUTERS
+from shoal.operator.program_status import class_reports, write_program_status
 from shoal.operator.routers import reconcile_router
-from shoal.operator.status import Cond, merge_conditions, now_rfc3339
 
 
 async def reconcile_program(ctx: Ctx, body: dict[str, Any]) -> None:
-    """Check the program's router and model, re-render the router's config, record the outcome."""
+    """Check the program's router and model, re-render the router's classes, record the outcome."""
     meta = body["metadata"]
+    ctx.saw_program_in(meta.get("namespace") or "default")
     async with ctx.lock("AgentProgram", meta.get("namespace") or "default", meta["name"]):
-        await _guarded(ctx, body)
+        router = await _guarded(ctx, body)
+    # Ask the router at once: an unchanged class is still loaded, a new one shows up on a later poll.
+    reports, why = await class_reports(ctx, router)
+    await write_program_status(ctx, Owner.of(body).namespace, meta["name"], router, reports, why, reconciled=body)
 
 
-async def _guarded(ctx: Ctx, body: dict[str, Any]) -> None:
+async def _guarded(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
     try:
-        digest = await _reconcile(ctx, body)
+        return await _reconcile(ctx, body)
     except (SpecRejected, NotReady) as exc:
         await report_problem(ctx, AGENTPROGRAMS, body, exc.reason, exc.message)
         raise
-    meta = body["metadata"]
-    gen = generation(body)
-    message = f"in the config of Router {body['spec']['router']} (programs.yaml)"
-    conds = [
-        Cond(ConditionType.READY, True, Reason.AVAILABLE, message),
-        Cond(ConditionType.PROGRESSING, False, Reason.ROLLOUT_COMPLETE, message),
-        Cond(ConditionType.DEGRADED, False, Reason.AS_EXPECTED),
-    ]
-    status = {
-        "observedGeneration": gen,
-        "routerConfigHash": digest,
-        "conditions": merge_conditions((body.get("status") or {}).get("conditions"), conds, gen, now_rfc3339()),
-    }
-    await ctx.kube.patch_status(AGENTPROGRAMS, meta.get("namespace") or "default", meta["name"], status)
 
 
-async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
+async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:
+    """The Router body after its config was re-rendered with this program's class."""
     spec = validate_spec(AgentProgramSpec, body)
+    problem = cluster_problem(spec)
+    if problem is not None:
+        raise SpecRejected(Reason.FEATURE_NOT_SUPPORTED, problem)
+    try:
+        program_class(body["metadata"]["name"], spec, owner_ref(body))
+    except ClassError as exc:
+        raise SpecRejected(Reason.SPEC_INVALID, str(exc)) from None
     namespace = body["metadata"].get("namespace") or "default"
     router_body = await ctx.kube.get(ROUTERS, namespace, spec.router)
     if router_body is None:
@@ -67,9 +66,10 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
             f"Router {spec.router!r} serves no model {spec.model!r} (serves: {', '.join(sorted(served)) or 'none'})",
         )
     try:
-        return await reconcile_router(ctx, router_body)
+        await reconcile_router(ctx, router_body)
     except (SpecRejected, NotReady) as exc:
         raise NotReady(Reason.ROUTER_NOT_READY, f"Router {spec.router!r}: {exc.message}") from None
+    return router_body
 
 
 async def forget_program(ctx: Ctx, body: dict[str, Any]) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
 from shoal.operator.builders.common import Owner, config_hash
+from shoal.operator.builders.program_class import ClassError, cluster_problem, owner_ref, program_class
 from shoal.operator.builders.router import endpoint_url, router_children
 from shoal.operator.builders.router_config import RenderError, kubernetes_endpoints, render, served_models
 from shoal.operator.context import (
@@ -21,6 +23,7 @@ from shoal.operator.context import (
 )
 from shoal.operator.kube import AGENTPROGRAMS, DEPLOYMENTS, MODELPOOLS, ROUTERS, SECRETS
 from shoal.operator.status import Rollout, merge_conditions, now_rfc3339, router_conditions
+from shoal.router.programs.config import ProgramClassConfig
 
 
 async def _pools(ctx: Ctx, namespace: str, spec: RouterSpec) -> dict[str, dict[str, Any] | None]:
@@ -28,13 +31,18 @@ async def _pools(ctx: Ctx, namespace: str, spec: RouterSpec) -> dict[str, dict[s
     return {p.name: b for p, b in zip(spec.pools, bodies, strict=True)}
 
 
-async def programs_for(ctx: Ctx, namespace: str, router: str) -> dict[str, AgentProgramSpec]:
-    """Valid AgentPrograms in the namespace that name ``router``."""
-    out = {}
+async def program_classes(ctx: Ctx, namespace: str, router: str, served: set[str]) -> list[ProgramClassConfig]:
+    """The router classes of the AgentPrograms in the namespace that name ``router`` and can run
+    there (valid, not being deleted, a served model, a sandbox a cluster can run)."""
+    out = []
     for body in await ctx.kube.list(AGENTPROGRAMS, namespace):
         spec = try_spec(AgentProgramSpec, body)
-        if spec is not None and spec.router == router and not body["metadata"].get("deletionTimestamp"):
-            out[body["metadata"]["name"]] = spec
+        if spec is None or spec.router != router or body["metadata"].get("deletionTimestamp"):
+            continue
+        if spec.model not in served or cluster_problem(spec) is not None:
+            continue
+        with contextlib.suppress(ClassError):
+            out.append(program_class(body["metadata"]["name"], spec, owner_ref(body)))
     return out
 
 
@@ -67,12 +75,9 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
     broken = sorted(n for n, b in pool_bodies.items() if b is not None and pools[n] is None)
     if broken:
         raise NotReady(Reason.POOL_NOT_READY, f"ModelPool with an invalid spec: {', '.join(broken)}")
-    served = served_models(spec, pools)
-    programs = {
-        n: p for n, p in (await programs_for(ctx, owner.namespace, owner.name)).items() if p.model in served
-    }
+    classes = await program_classes(ctx, owner.namespace, owner.name, served_models(spec, pools))
     try:
-        rendered = render(spec, pools, programs, kubernetes_endpoints(owner.namespace))
+        rendered = render(spec, pools, classes, kubernetes_endpoints(owner.namespace))
     except RenderError as exc:
         if exc.reason == Reason.POOL_NOT_FOUND:
             raise NotReady(exc.reason, exc.message) from None

@@ -23,6 +23,9 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_POOL = "shoal.dev/pool"
 LABEL_ROUTER = "shoal.dev/router"
 ANNOTATION_CONFIG_HASH = "shoal.dev/config-hash"
+PRE_STOP_SECONDS = 5
+"""Pause before SIGTERM: kube-proxy and the routers' pod watches drop a terminating pod's endpoint
+in this time, so no new request is sent to a process that is about to stop listening."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,11 @@ def probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[st
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
+
+
+def pre_stop(seconds: int = PRE_STOP_SECONDS) -> dict[str, Any]:
+    """A preStop pause (with the image's own python: no shell or sleep binary needed)."""
+    return {"preStop": {"exec": {"command": ["python", "-c", f"import time; time.sleep({seconds})"]}}}
 
 
 def container_security() -> dict[str, Any]:

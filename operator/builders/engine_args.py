@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from shoal.crds.modelpool import ModelPoolSpec
 
+ENGINE_API_KEY_ENV = "SHOAL_API_KEY"
+"""The environment variable ``python -m shoal.engine serve`` takes its ``--api-key`` default from."""
+
 
 def engine_args(spec: ModelPoolSpec, model: str, *, host: str, port: int) -> list[str]:
     """Flags of ``python -m shoal.engine serve`` for one replica of ``spec``.
 
     ``model`` is what ``--model`` receives: a path as seen by the replica, or ``bundled:<name>``.
+    The API key (``engine.auth``) never goes on the command line: the engine reads it from
+    ``ENGINE_API_KEY_ENV``.
     """
     e = spec.engine
     args = [
@@ -23,6 +28,7 @@ def engine_args(spec: ModelPoolSpec, model: str, *, host: str, port: int) -> lis
         "--max-num-batched-tokens", str(e.max_num_batched_tokens),
         "--max-num-seqs", str(e.max_num_seqs),
         "--kv-cache-memory-gb", f"{e.kv_cache_memory_gb:g}",
+        "--drain-timeout", str(e.drain_timeout_seconds),
     ]  # fmt: skip
     if e.max_model_len is not None:
         args += ["--max-model-len", str(e.max_model_len)]

@@ -8,6 +8,7 @@ from typing import Any
 from shoal.crds.modelpool import ModelPoolSpec, parse_model_uri
 from shoal.operator.builders.common import (
     ENGINE_PORT,
+    PRE_STOP_SECONDS,
     Images,
     Manifest,
     Owner,
@@ -15,14 +16,17 @@ from shoal.operator.builders.common import (
     container_security,
     metadata,
     pod_security,
+    pre_stop,
     probe,
     quantity,
     selector_labels,
 )
-from shoal.operator.builders.engine_args import engine_args
+from shoal.operator.builders.engine_args import ENGINE_API_KEY_ENV, engine_args
 
 MODEL_DIR = "/models"
 WAITING_METRIC = "vllm:num_requests_waiting"
+EXIT_MARGIN_SECONDS = 5
+"""Grace beyond the drain timeout: the engine aborts what is left, answers it, and exits."""
 
 
 @dataclass(frozen=True)
@@ -93,17 +97,23 @@ def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
         "startupProbe": probe("/health", period=10, failures=90),
         "readinessProbe": probe("/health", period=5, failures=3),
         "livenessProbe": probe("/health", period=15, failures=4, timeout=5),
+        "lifecycle": pre_stop(),
         "resources": _resources(spec),
         "volumeMounts": [*mount.mounts, {"name": "cache", "mountPath": "/home/shoal/.cache"}],
         "securityContext": container_security(),
     }
+    if spec.engine.auth is not None:
+        ref = spec.engine.auth.api_key_secret_ref
+        secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        container["env"] = [{"name": ENGINE_API_KEY_ENV, "valueFrom": secret}]
     volumes = [*mount.volumes, {"name": "cache", "emptyDir": {}}]
     if gpu:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
     pod: dict[str, Any] = {
         "securityContext": pod_security(),
-        "terminationGracePeriodSeconds": 60,
+        # preStop pause, then SIGTERM: the engine drains for up to its drain timeout and exits.
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + spec.engine.drain_timeout_seconds + EXIT_MARGIN_SECONDS,
         "containers": [container],
         "volumes": volumes,
     }

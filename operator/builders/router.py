@@ -1,4 +1,5 @@
-"""Router -> ConfigMap, Deployment (rolled on config change), Service, and pod-discovery RBAC."""
+"""Router -> ConfigMaps (config, live program classes), Deployment (rolled on config change),
+Service, and RBAC (pod discovery; sandbox pods when an AgentProgram runs image sandboxes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from shoal.crds import RouterSpec
 from shoal.operator.builders.common import (
     ANNOTATION_CONFIG_HASH,
+    PRE_STOP_SECONDS,
     ROUTER_PORT,
     Images,
     Manifest,
@@ -16,27 +18,56 @@ from shoal.operator.builders.common import (
     container_security,
     metadata,
     pod_security,
+    pre_stop,
     probe,
     selector_labels,
 )
-from shoal.operator.builders.router_config import API_KEYS_DIR, RenderedConfig
+from shoal.operator.builders.router_config import (
+    API_KEYS_DIR,
+    CLASSES_DIR,
+    UPSTREAM_KEY_ENV,
+    RenderedConfig,
+)
 
 CONFIG_DIR = "/etc/shoal/router"
+SHUTDOWN_SECONDS = 30
+"""Time a terminating router gets to finish the requests it is proxying (after the preStop pause)."""
+
+
+def classes_config_map_name(owner: Owner) -> str:
+    return f"{child_name(owner)}-classes"
 
 
 def config_map(owner: Owner, rendered: RenderedConfig) -> Manifest:
-    """router.yaml and programs.yaml."""
+    """router.yaml (its hash is in the pod template)."""
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(owner), "data": rendered.data()}
+
+
+def classes_config_map(owner: Owner, rendered: RenderedConfig) -> Manifest:
+    """The AgentPrograms' classes: mounted as a whole volume (no subPath), so the kubelet updates the
+    file in running pods and the router reloads it; not in the config hash, so no rollout."""
+    meta = metadata(owner, name=classes_config_map_name(owner))
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": rendered.classes_data()}
 
 
 def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images: Images) -> Manifest:
     """The router Deployment; the config hash in the pod template rolls the pods when the config changes."""
-    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": child_name(owner)}}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "classes", "mountPath": CLASSES_DIR, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": child_name(owner)}},
+        {"name": "classes", "configMap": {"name": classes_config_map_name(owner)}},
+    ]
     if spec.auth is not None:
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_keys_secret.name}})
-    container = {
+    env: list[dict[str, Any]] = []
+    if rendered.upstream_key is not None:
+        key = rendered.upstream_key
+        env.append({"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}})
+    container: dict[str, Any] = {
         "name": "router",
         "image": spec.image or images.router,
         "imagePullPolicy": images.pull_policy,
@@ -45,10 +76,13 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": probe("/health", period=5, failures=3),
         "livenessProbe": probe("/health", period=10, failures=3),
+        "lifecycle": pre_stop(),
         "resources": spec.resources.model_dump(exclude_none=True) if spec.resources else {},
         "volumeMounts": mounts,
         "securityContext": {**container_security(), "readOnlyRootFilesystem": True},
     }
+    if env:
+        container["env"] = env
     meta = metadata(owner)
     return {
         "apiVersion": "apps/v1",
@@ -70,6 +104,7 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
                 "spec": {
                     "serviceAccountName": child_name(owner),
                     "securityContext": pod_security(),
+                    "terminationGracePeriodSeconds": PRE_STOP_SECONDS + SHUTDOWN_SECONDS,
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -100,13 +135,25 @@ def service_account(owner: Owner) -> Manifest:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(owner)}
 
 
-def role(owner: Owner) -> Manifest:
-    """Read access to pods in the namespace: the router discovers engine replicas by watching them."""
+DISCOVERY_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+"""The router discovers engine replicas by watching pods."""
+SANDBOX_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get", "list", "delete"]},
+]
+"""Exactly what the Kubernetes sandbox backend calls (router/sandboxes/RBAC.md): one pod per
+sandbox, tools through the exec API, a NetworkPolicy per sandbox; orphans found by listing."""
+
+
+def role(owner: Owner, *, sandboxes: bool) -> Manifest:
+    """Namespaced rights of the router's service account: pod discovery, plus sandbox pods only when
+    one of its AgentPrograms runs image sandboxes (nothing cluster-wide)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(owner),
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        "rules": DISCOVERY_RULES + SANDBOX_RULES if sandboxes else DISCOVERY_RULES,
     }
 
 
@@ -125,9 +172,10 @@ def router_children(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, im
     """Every child of a valid Router, in apply order (RBAC and config before the pods that need them)."""
     return [
         service_account(owner),
-        role(owner),
+        role(owner, sandboxes=rendered.image_sandboxes),
         role_binding(owner),
         config_map(owner, rendered),
+        classes_config_map(owner, rendered),
         deployment(owner, spec, rendered, images),
         service(owner, spec),
     ]

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
+from shoal.crds import ModelPoolSpec, Reason, RouterSpec
+from shoal.crds.modelpool import SecretKeyRef
 from shoal.crds.router import Plugin
+from shoal.operator.builders.program_class import classes_yaml
 from shoal.router.config import RouterConfig
+from shoal.router.programs.config import ProgramClassConfig
 
 EndpointsFor = Callable[[str], dict[str, Any]]
 """Pool name -> the router's ``endpoints`` entry for that pool (static URLs or Kubernetes discovery)."""
 
 API_KEYS_DIR = "/etc/shoal/api-keys"
+CLASSES_DIR = "/etc/shoal/router-classes"
+CLASSES_KEY = "classes.yaml"
+UPSTREAM_KEY_ENV = "SHOAL_UPSTREAM_API_KEY"
 
 
 class RenderError(Exception):
@@ -30,13 +36,31 @@ class RenderError(Exception):
 
 @dataclass(frozen=True)
 class RenderedConfig:
-    """The files of a router's ConfigMap."""
+    """A router's configuration: ``router.yaml`` (read at start, hashed: a change rolls the pods)
+    and the program classes file (re-read live by the router, never hashed)."""
 
     router_yaml: str
-    programs_yaml: str
+    classes: tuple[ProgramClassConfig, ...] = ()
+    """The AgentPrograms' classes, in the classes file."""
+    upstream_key: SecretKeyRef | None = None
+    """The engines' API key, which the router sends upstream (env ``UPSTREAM_KEY_ENV``)."""
+
+    @property
+    def classes_yaml(self) -> str:
+        return classes_yaml(self.classes)
+
+    @property
+    def image_sandboxes(self) -> bool:
+        """Some class runs its sandboxes as pods (the router then needs RBAC for them)."""
+        return any(c.sandbox is not None and c.sandbox.image is not None for c in self.classes)
 
     def data(self) -> dict[str, str]:
-        return {"router.yaml": self.router_yaml, "programs.yaml": self.programs_yaml}
+        """The router ConfigMap's data (what the pod template's config hash covers)."""
+        return {"router.yaml": self.router_yaml}
+
+    def classes_data(self) -> dict[str, str]:
+        """The classes ConfigMap's data."""
+        return {CLASSES_KEY: self.classes_yaml}
 
 
 def kubernetes_endpoints(namespace: str) -> EndpointsFor:
@@ -83,6 +107,19 @@ def _routes(spec: RouterSpec) -> list[dict[str, Any]]:
     return routes
 
 
+def _programs(spec: RouterSpec, classes_file: str) -> dict[str, Any]:
+    p = spec.programs
+    return {
+        "classesFile": classes_file,
+        "reloadIntervalS": p.reload_interval_seconds,
+        "highWatermark": p.kv_high_watermark,
+        "lowWatermark": p.kv_low_watermark,
+        "tickS": p.tick_seconds,
+        "maxWaitS": p.max_wait_seconds,
+        "retentionMaxS": p.retention_max_seconds,
+    }
+
+
 def render_router_config(
     spec: RouterSpec,
     pools: Mapping[str, ModelPoolSpec | None],
@@ -91,6 +128,8 @@ def render_router_config(
     host: str = "0.0.0.0",
     port: int = 8080,
     api_keys_path: str | None = None,
+    classes_file: str = f"{CLASSES_DIR}/{CLASSES_KEY}",
+    upstream_key_env: str | None = None,
 ) -> dict[str, Any]:
     """The router config as a camelCase dict, validated by ``RouterConfig``.
 
@@ -114,10 +153,13 @@ def render_router_config(
         ],
         "routes": _routes(spec),
         "picking": _picking(spec),
+        "programs": _programs(spec, classes_file),
         "logLevel": spec.log_level,
     }
     if spec.auth is not None:
         raw["auth"] = {"apiKeysFile": api_keys_path or API_KEYS_DIR}
+    if upstream_key_env is not None:
+        raw["upstream"] = {"apiKeyEnv": upstream_key_env}
     if spec.rate_limits is not None:
         raw["rateLimits"] = spec.rate_limits.model_dump(by_alias=True, exclude_none=True)
     try:
@@ -138,27 +180,29 @@ def served_models(spec: RouterSpec, pools: Mapping[str, ModelPoolSpec | None]) -
     return names
 
 
-def programs_document(spec: RouterSpec, programs: Mapping[str, AgentProgramSpec]) -> dict[str, Any]:
-    """Program-scheduling settings plus the AgentProgram classes that name this router."""
-    return {
-        "scheduling": spec.programs.model_dump(by_alias=True, mode="json"),
-        "programs": [
-            {"name": name, **p.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"router"})}
-            for name, p in sorted(programs.items())
-        ],
-    }
-
-
 def render(
     spec: RouterSpec,
     pools: Mapping[str, ModelPoolSpec | None],
-    programs: Mapping[str, AgentProgramSpec],
+    classes: Iterable[ProgramClassConfig],
     endpoints_for: EndpointsFor,
     **listen: Any,
 ) -> RenderedConfig:
-    """Both files of the router's configuration."""
-    config = render_router_config(spec, pools, endpoints_for, **listen)
-    return RenderedConfig(
-        router_yaml=yaml.safe_dump(config, sort_keys=False),
-        programs_yaml=yaml.safe_dump(programs_document(spec, programs), sort_keys=False),
-    )
+    """router.yaml plus the classes file of the AgentPrograms that name this router."""
+    upstream = upstream_key(spec, pools)
+    config = render_router_config(spec, pools, endpoints_for, upstream_key_env=upstream and UPSTREAM_KEY_ENV, **listen)
+    return RenderedConfig(yaml.safe_dump(config, sort_keys=False), tuple(classes), upstream)
+
+
+def upstream_key(spec: RouterSpec, pools: Mapping[str, ModelPoolSpec | None]) -> SecretKeyRef | None:
+    """The engine API key of the router's pools: one credential per router, so pools must share it."""
+    keys = {
+        (auth.api_key_secret_ref.name, auth.api_key_secret_ref.key): auth.api_key_secret_ref
+        for ref in spec.pools
+        if (pool := pools.get(ref.name)) is not None and (auth := pool.engine.auth) is not None
+    }
+    if len(keys) > 1:
+        names = ", ".join(f"{name}/{key}" for name, key in sorted(keys))
+        raise RenderError(
+            Reason.CONFIG_INVALID, f"the router's pools use different engine API keys ({names}): a router has one"
+        )
+    return next(iter(keys.values()), None)

@@ -7,12 +7,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
+from shoal.crds import ModelPoolSpec, Reason, RouterSpec
 from shoal.operator.builders.common import ANNOTATION_CONFIG_HASH, Images, Owner, quantity
 from shoal.operator.builders.engine_args import engine_args
 from shoal.operator.builders.modelpool import desired_replicas, model_mount, pool_children
 from shoal.operator.builders.router import router_children
-from shoal.operator.builders.router_config import RenderError, kubernetes_endpoints, programs_document, render
+from shoal.operator.builders.router_config import RenderError, kubernetes_endpoints, render
 
 K8S_VERSION = "1.32.0"
 POOL_OWNER = Owner("ModelPool", "chat", "team", "uid-pool")
@@ -179,15 +179,16 @@ POOLS = {"chat": pool(), "big": ModelPoolSpec.model_validate({"model": {"uri": "
 
 def test_router_children_and_config_hash() -> None:
     spec = router_spec(auth={"apiKeysSecret": {"name": "keys"}}, service={"type": "LoadBalancer", "port": 443})
-    rendered = render(spec, POOLS, {}, kubernetes_endpoints("team"))
+    rendered = render(spec, POOLS, [], kubernetes_endpoints("team"))
     children = router_children(ROUTER_OWNER, spec, rendered, Images())
     kinds = [c["kind"] for c in children]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Deployment", "Service"]
     for child in children:
         assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-router"
         kubernetes_validate.validate(child, K8S_VERSION, strict=True)
-    cm, dep, svc = children[3], children[4], children[5]
-    assert set(cm["data"]) == {"router.yaml", "programs.yaml"}
+    cm, classes, dep, svc = children[3], children[4], children[5], children[6]
+    assert set(cm["data"]) == {"router.yaml"}
+    assert classes["metadata"]["name"] == "front-router-classes" and set(classes["data"]) == {"classes.yaml"}
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0]["port"] == 443
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "front-router"
@@ -195,11 +196,11 @@ def test_router_children_and_config_hash() -> None:
     assert children[1]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     digest = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
     # Same inputs, same hash; a config change gives a new hash (and so a rollout).
-    again = router_children(ROUTER_OWNER, spec, render(spec, POOLS, {}, kubernetes_endpoints("team")), Images())
-    assert again[4]["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] == digest
+    again = router_children(ROUTER_OWNER, spec, render(spec, POOLS, [], kubernetes_endpoints("team")), Images())
+    assert again[5]["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] == digest
     changed = router_spec(auth={"apiKeysSecret": {"name": "keys"}}, logLevel="debug")
-    other = router_children(ROUTER_OWNER, changed, render(changed, POOLS, {}, kubernetes_endpoints("team")), Images())
-    assert other[4]["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] != digest
+    other = router_children(ROUTER_OWNER, changed, render(changed, POOLS, [], kubernetes_endpoints("team")), Images())
+    assert other[5]["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] != digest
 
 
 def test_router_config_renders_pools_routes_and_limits() -> None:
@@ -211,7 +212,7 @@ def test_router_config_renders_pools_routes_and_limits() -> None:
         picking={"scorers": [{"type": "queue-depth", "weight": 2}], "prefixMode": "precise"},
         rateLimits={"default": {"requestsPerSecond": 5, "burst": 10}},
     )
-    config = yaml.safe_load(render(spec, POOLS, {}, kubernetes_endpoints("team")).router_yaml)
+    config = yaml.safe_load(render(spec, POOLS, [], kubernetes_endpoints("team")).router_yaml)
     chat = config["pools"][0]
     assert chat["models"] == ["smol"] and chat["aliases"] == ["small"]
     assert chat["endpoints"]["kubernetes"]["labelSelector"] == "shoal.dev/pool=chat,app.kubernetes.io/component=engine"
@@ -234,7 +235,7 @@ def test_router_config_renders_pools_routes_and_limits() -> None:
 )  # fmt: skip
 def test_router_config_errors(spec: dict[str, Any], pools: dict[str, Any], reason: Reason) -> None:
     with pytest.raises(RenderError) as err:
-        render(RouterSpec.model_validate(spec), pools, {}, kubernetes_endpoints("team"))
+        render(RouterSpec.model_validate(spec), pools, [], kubernetes_endpoints("team"))
     assert err.value.reason == reason
 
 
@@ -244,19 +245,57 @@ def test_static_endpoints_for_the_local_runtime() -> None:
     def static(name: str) -> dict[str, Any]:
         return {"static": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]}
 
-    text = render(router_spec(), POOLS, {}, static, host="127.0.0.1", port=9000).router_yaml
+    text = render(router_spec(), POOLS, [], static, host="127.0.0.1", port=9000).router_yaml
     config = yaml.safe_load(text)
     assert config["pools"][0]["endpoints"] == {"static": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]}
     assert config["listen"] == {"host": "127.0.0.1", "port": 9000}
 
 
-def test_programs_document() -> None:
-    program = AgentProgramSpec.model_validate(
-        {"router": "front", "model": "smol", "priority": 80, "limits": {"maxConcurrentPrograms": 3}}
-    )
-    doc = programs_document(router_spec(), {"coder": program})
-    assert doc["scheduling"]["kvHighWatermark"] == 0.9
-    assert doc["programs"] == [
-        {"name": "coder", "model": "smol", "priority": 80,
-         "limits": {"maxConcurrentPrograms": 3, "leaseSeconds": 600}}
-    ]  # fmt: skip
+def test_drain_pre_stop_and_grace_period_match_the_drain_timeout() -> None:
+    from shoal.operator.builders.common import PRE_STOP_SECONDS
+
+    for drain in (30, 120):
+        dep = pool_children(POOL_OWNER, pool(engine={"drainTimeoutSeconds": drain}), Images(), keda=False)[0]
+        c, pod = container(dep), dep["spec"]["template"]["spec"]
+        assert flag(c["args"], "--drain-timeout") == str(drain)
+        # SIGTERM comes after the preStop pause; the engine then drains for `drain` seconds and exits.
+        assert pod["terminationGracePeriodSeconds"] > PRE_STOP_SECONDS + drain
+        assert pod["terminationGracePeriodSeconds"] <= PRE_STOP_SECONDS + drain + 10
+        assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "python"
+        assert f"sleep({PRE_STOP_SECONDS})" in c["lifecycle"]["preStop"]["exec"]["command"][-1]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    spec = router_spec()
+    dep = router_children(ROUTER_OWNER, spec, render(spec, POOLS, [], kubernetes_endpoints("team")), Images())[5]
+    assert "preStop" in container(dep)["lifecycle"]
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > PRE_STOP_SECONDS
+
+
+def test_engine_api_key_reaches_engines_and_the_router_as_its_upstream_credential() -> None:
+    import yaml
+
+    auth = {"auth": {"apiKeySecretRef": {"name": "engine-key", "key": "token"}}}
+    secured = pool(engine=auth)
+    dep = pool_children(POOL_OWNER, secured, Images(), keda=False)[0]
+    env = container(dep)["env"]
+    assert env == [{"name": "SHOAL_API_KEY", "valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "token"}}}]
+    assert not any("engine-key" in a or a == "token" for a in container(dep)["args"])  # never on the command line
+
+    spec = router_spec()
+    rendered = render(spec, {"chat": secured}, [], kubernetes_endpoints("team"))
+    assert yaml.safe_load(rendered.router_yaml)["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
+    router_dep = router_children(ROUTER_OWNER, spec, rendered, Images())[5]
+    assert container(router_dep)["env"] == [
+        {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "token"}}}
+    ]
+    kubernetes_validate.validate(router_dep, K8S_VERSION, strict=True)
+    # Keyless pools: no upstream credential at all.
+    plain = render(spec, POOLS, [], kubernetes_endpoints("team"))
+    assert "apiKeyEnv" not in str(yaml.safe_load(plain.router_yaml).get("upstream"))
+    assert "env" not in container(router_children(ROUTER_OWNER, spec, plain, Images())[5])
+    # One router has one upstream credential: pools with different keys are refused.
+    other = pool(engine={"auth": {"apiKeySecretRef": {"name": "other-key"}}})
+    two = router_spec(pools=[{"name": "chat"}, {"name": "big"}])
+    with pytest.raises(RenderError) as err:
+        render(two, {"chat": secured, "big": other}, [], kubernetes_endpoints("team"))
+    assert err.value.reason == Reason.CONFIG_INVALID and "engine API keys" in err.value.message

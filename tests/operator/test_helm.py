@@ -11,11 +11,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shoal.crds import Router
+from shoal.crds import AgentProgramSpec, Router
 from shoal.crds.generate import KINDS, crd
 from shoal.crds.modelpool import ModelPoolSpec
 from shoal.operator.builders.common import Images, Owner
 from shoal.operator.builders.modelpool import pool_children
+from shoal.operator.builders.program_class import program_class
 from shoal.operator.builders.router import router_children
 from shoal.operator.builders.router_config import kubernetes_endpoints, render
 from shoal.operator.testing.tools import ensure_tool
@@ -114,16 +115,28 @@ def test_rbac_covers_exactly_what_the_operator_writes(helm: Path) -> None:
     )
     router = Router.model_validate({"spec": {"pools": [{"name": "p"}]}}).spec
     children = pool_children(owner_p, spec, Images(), keda=False) + pool_children(owner_p, spec, Images(), keda=True)
-    children += router_children(owner_r, router, render(router, {"p": spec}, {}, kubernetes_endpoints("ns")), Images())
+    children += router_children(owner_r, router, render(router, {"p": spec}, [], kubernetes_endpoints("ns")), Images())
     for child in children:
         group = child["apiVersion"].rpartition("/")[0]
         plural = {"PodDisruptionBudget": "poddisruptionbudgets", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
                   "ScaledObject": "scaledobjects"}.get(child["kind"], child["kind"].lower() + "s")  # fmt: skip
         assert {"create", "patch"} <= granted[(group, plural)], child["kind"]
-    # Nothing broader than needed: no wildcards, no deletes except autoscalers, Secrets read-only.
+    # A Router's Role (sandbox pods included) grants only what the operator holds (RBAC escalation check).
+    sandboxed = program_class("coder", AgentProgramSpec.model_validate(
+        {"router": "r", "model": "m", "sandbox": {"image": "python:3.12-slim"}}))  # fmt: skip
+    rendered = render(router, {"p": spec}, [sandboxed], kubernetes_endpoints("ns"))
+    role = next(c for c in router_children(owner_r, router, rendered, Images()) if c["kind"] == "Role")
+    assert len(role["rules"]) > 1
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                assert set(rule["verbs"]) <= granted[(group, res)], (group, res)
+    # Nothing broader than needed: no wildcards, deletes only of autoscalers and what sandbox Roles
+    # grant, Secrets read-only.
     assert all("*" not in verbs and "*" not in key for key, verbs in granted.items())
     assert {k for k, v in granted.items() if "delete" in v} == {("autoscaling", "horizontalpodautoscalers"),
-                                                                ("keda.sh", "scaledobjects")}  # fmt: skip
+                                                                ("keda.sh", "scaledobjects"), ("", "pods"),
+                                                                ("networking.k8s.io", "networkpolicies")}  # fmt: skip
     assert granted[("", "secrets")] == {"get"}
     assert ("", "secrets") not in _rules(template(helm, "rbac.checkSecrets=false"))
     assert ("keda.sh", "scaledobjects") not in _rules(template(helm))

@@ -58,6 +58,14 @@ def test_local_examples_load() -> None:
         ([{**POOL, "spec": {**POOL["spec"], "replicas": -1}}], "SpecInvalid: spec.replicas"),
         ([POOL, POOL], "defined twice"),
         ([POOL, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}], "not Pod"),
+        ([POOL, ROUTER, SECRET, {**PROGRAM, "spec": {**PROGRAM["spec"], "sandbox": {"image": "python:3.12"}}}],
+         "FeatureNotSupported: sandbox.image needs a cluster"),
+        ([POOL, ROUTER, SECRET, {**PROGRAM, "spec": {**PROGRAM["spec"], "sandbox": {
+            "command": ["true"], "resources": {"limits": {"cpu": "2"}}}}}], "cpu cannot be enforced locally"),
+        ([POOL, ROUTER, SECRET, {**PROGRAM, "spec": {"router": "front", "model": "gpt-9"}}],
+         "ModelNotServed: Router front serves no model gpt-9"),
+        ([{**POOL, "spec": {**POOL["spec"], "engine": {"auth": {"apiKeySecretRef": {"name": "keys"}}}}}, SECRET],
+         "SecretNotFound: no Secret keys with key api-key"),
     ],
 )
 def test_invalid_manifests_give_one_line(tmp_path: Path, docs: list[dict], message: str) -> None:
@@ -89,11 +97,26 @@ def test_plan(tmp_path: Path) -> None:
     assert config["listen"] == {"host": "127.0.0.1", "port": 8088}
     assert config["auth"]["apiKeysFile"] == str(tmp_path / "s" / "routers" / "front" / "api-keys")
     assert plan.files[tmp_path / "s" / "routers" / "front" / "api-keys" / "alice"] == "sk-alice\n"
-    programs = yaml.safe_load(plan.files[tmp_path / "s" / "routers" / "front" / "programs.yaml"])
-    assert [p["name"] for p in programs["programs"]] == ["coder"]
+    classes_file = tmp_path / "s" / "routers" / "front" / "classes.yaml"
+    assert config["programs"]["classesFile"] == str(classes_file)
+    classes = yaml.safe_load(plan.files[classes_file])["classes"]
+    assert [(c["name"], c["model"]) for c in classes] == [("coder", "smol-chat")]
+    assert all(not p.env for p in plan.processes)  # keyless engines: no credentials anywhere
     assert plan.endpoints == {"front": "http://127.0.0.1:8088/v1"}
     assert plan.api_keys == {"front": "sk-alice"} and plan.models == {"front": "smol-chat"}
     assert plan.notes and "autoscaling is not emulated" in plan.notes[0]
+
+
+def test_plan_passes_the_engine_key_by_environment(tmp_path: Path) -> None:
+    secured = {**POOL, "spec": {**POOL["spec"], "engine": {"auth": {"apiKeySecretRef": {"name": "keys", "key": "alice"}}}}}
+    stack = load_stack([write(tmp_path / "m", secured, ROUTER, SECRET)])
+    plan = plan_stack(stack, tmp_path / "s", itertools.count(9001), python="py")
+    for process in plan.processes:
+        assert "sk-alice" not in " ".join(process.argv)
+    assert plan.processes[0].env == (("SHOAL_API_KEY", "sk-alice"),)
+    assert plan.processes[-1].env == (("SHOAL_UPSTREAM_API_KEY", "sk-alice"),)
+    config = yaml.safe_load(plan.files[tmp_path / "s" / "routers" / "front" / "router.yaml"])
+    assert config["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
 
 
 FAKE = ("--engine-module", "shoal.operator.testing.fake_engine")

@@ -80,7 +80,8 @@ INVALID: list[tuple[type, str, dict[str, Any], Reason]] = [
     (RouterSpec, "r", {"pools": [{"name": "a"}, {"name": "a"}]}, Reason.SPEC_INVALID),
     (AgentProgramSpec, "ap", {"router": "r", "model": "m", "sandbox": {"image": "i", "command": ["c"]}},
      Reason.SANDBOX_INVALID),
-    (AgentProgramSpec, "ap", {"router": "r", "model": "m", "tools": [{"name": "t"}]}, Reason.SANDBOX_INVALID),
+    (AgentProgramSpec, "ap", {"router": "r", "model": "m", "tools": [{"name": "t", "command": ["x"]}]},
+     Reason.SANDBOX_INVALID),
 ]  # fmt: skip
 
 

@@ -1,0 +1,144 @@
+"""AgentProgram status from its router: Ready once the router has loaded the class, plus the
+class's program counts. Refreshed after each reconcile and by one operator-wide poll loop.
+
+One loop rather than a kopf timer per AgentProgram: kopf puts a finalizer on every object a
+timer watches, which this operator avoids (an uninstalled operator would leave AgentPrograms
+undeletable), and one loop asks each router once per round, not once per program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from shoal.crds import ConditionType, Reason, RouterSpec
+from shoal.operator.builders.common import Owner, child_name
+from shoal.operator.context import Ctx, generation, status_unchanged, try_spec
+from shoal.operator.kube import AGENTPROGRAMS, ROUTERS
+from shoal.operator.router_classes import ClassesUnavailable, ClassReport, RouterAddress
+from shoal.operator.status import Cond, merge_conditions, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+ROUTER_PORT_IN_CLUSTER = 80
+
+
+def router_address(router_body: dict[str, Any]) -> RouterAddress:
+    """The router's Service (name and port) in its namespace."""
+    owner = Owner.of(router_body)
+    spec = try_spec(RouterSpec, router_body)
+    port = spec.service.port if spec is not None else ROUTER_PORT_IN_CLUSTER
+    return RouterAddress(owner.namespace, owner.name, child_name(owner), port)
+
+
+async def class_reports(ctx: Ctx, router_body: dict[str, Any]) -> tuple[dict[str, ClassReport] | None, str]:
+    """The router's loaded classes, or None and why not."""
+    if ctx.fetch_classes is None:
+        return None, "the operator does not poll routers"
+    try:
+        return await ctx.fetch_classes(router_address(router_body)), ""
+    except ClassesUnavailable as exc:
+        return None, str(exc)
+
+
+def program_status(
+    body: dict[str, Any], router: str, reports: dict[str, ClassReport] | None, why: str, now: str
+) -> dict[str, Any]:
+    """Status of a reconciled AgentProgram given what its router reports (pure)."""
+    name = body["metadata"]["name"]
+    gen = generation(body)
+    report = (reports or {}).get(name)
+    if report is not None:
+        message = f"loaded by Router {router}"
+        conds = [
+            Cond(ConditionType.READY, True, Reason.AVAILABLE, message),
+            Cond(ConditionType.PROGRESSING, False, Reason.ROLLOUT_COMPLETE, message),
+        ]
+    else:
+        detail = why or "not among the classes it reports"
+        message = f"in Router {router}'s classes file; not loaded by the router yet ({detail})"
+        conds = [
+            Cond(ConditionType.READY, False, Reason.CLASS_NOT_LOADED, message),
+            Cond(ConditionType.PROGRESSING, True, Reason.RECONCILING, message),
+        ]
+    conds.append(Cond(ConditionType.DEGRADED, False, Reason.AS_EXPECTED))
+    old = (body.get("status") or {}).get("conditions")
+    return {
+        "observedGeneration": gen,
+        "activePrograms": report.active if report else None,
+        "pausedPrograms": report.paused if report else None,
+        "queuedPrograms": report.queued if report else None,
+        "stepsPerMinute": report.steps_per_minute if report else None,
+        "conditions": merge_conditions(old, conds, gen, now),
+    }
+
+
+def _reconciled(body: dict[str, Any]) -> bool:
+    """The last reconcile of this generation succeeded (problems are the reconcile's to report)."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != generation(body):
+        return False
+    degraded = next((c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), None)
+    return degraded is not None and degraded.get("status") == "False"
+
+
+async def write_program_status(
+    ctx: Ctx,
+    namespace: str,
+    name: str,
+    router: dict[str, Any],
+    reports: dict[str, ClassReport] | None,
+    why: str,
+    *,
+    reconciled: dict[str, Any] | None = None,
+) -> None:
+    """Re-read the program and patch its status when it changed.
+
+    ``reconciled`` is the body a successful reconcile just handled; without it, only programs
+    whose current generation was reconciled successfully are touched.
+    """
+    async with ctx.lock("AgentProgram", namespace, name):
+        body = await ctx.kube.get(AGENTPROGRAMS, namespace, name)
+        if body is None:
+            return
+        if reconciled is not None:
+            if generation(body) != generation(reconciled):
+                return  # a newer spec arrived: its own reconcile reports on it
+            body = {**body, "status": {**(body.get("status") or {}), "observedGeneration": generation(body)}}
+        elif not _reconciled(body):
+            return
+        status = program_status(body, Owner.of(router).name, reports, why, now_rfc3339())
+        if reconciled is None and status_unchanged(body, status):
+            return
+        await ctx.kube.patch_status(AGENTPROGRAMS, namespace, name, status)
+
+
+async def refresh_program_statuses(ctx: Ctx) -> None:
+    """One round: ask every router that has AgentPrograms for its classes, update their status."""
+    by_router: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for namespace in ctx.program_namespaces():
+        for body in await ctx.kube.list(AGENTPROGRAMS, namespace):
+            router = (body.get("spec") or {}).get("router")
+            if isinstance(router, str) and _reconciled(body):
+                by_router[(namespace, router)].append(body["metadata"]["name"])
+    for (namespace, router_name), names in sorted(by_router.items()):
+        router = await ctx.kube.get(ROUTERS, namespace, router_name)
+        if router is None:
+            continue
+        reports, why = await class_reports(ctx, router)
+        for name in names:
+            await write_program_status(ctx, namespace, name, router, reports, why)
+
+
+async def poll_program_statuses(ctx: Ctx, interval_s: float) -> None:
+    """Refresh every ``interval_s`` until cancelled; a failed round is logged and retried."""
+    while True:
+        try:
+            await refresh_program_statuses(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop must outlive any one API error
+            log.exception("refreshing AgentProgram status failed; retrying in %.0fs", interval_s)
+        await asyncio.sleep(interval_s)

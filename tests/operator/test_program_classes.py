@@ -1,0 +1,210 @@
+"""AgentProgram -> router program class, the live classes ConfigMap, and the router's sandbox RBAC."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
+from shoal.crds.router import ProgramScheduling
+from shoal.operator.builders.common import ANNOTATION_CONFIG_HASH, Images, Owner
+from shoal.operator.builders.program_class import (
+    ClassError,
+    classes_yaml,
+    cluster_problem,
+    local_problem,
+    owner_ref,
+    program_class,
+)
+from shoal.operator.builders.router import DISCOVERY_RULES, SANDBOX_RULES, router_children
+from shoal.operator.builders.router_config import kubernetes_endpoints, render
+from shoal.router.config import RouterConfig
+from shoal.router.programs.config import OwnerRef, ProgramsConfig, load_classes_file
+
+REPO = Path(__file__).resolve().parents[2]
+OWNER = Owner("Router", "front", "team", "uid-router")
+POOLS = {"chat": ModelPoolSpec.model_validate({"model": {"uri": "bundled:smollm2-135m-instruct", "servedModelName": "smol"}})}
+ROUTER = RouterSpec.model_validate({"pools": [{"name": "chat"}]})
+BODY = {"apiVersion": "shoal.dev/v1alpha1", "kind": "AgentProgram",
+        "metadata": {"name": "coder", "namespace": "team", "uid": "uid-coder"}}  # fmt: skip
+
+
+def program(**spec: Any) -> AgentProgramSpec:
+    return AgentProgramSpec.model_validate({"router": "front", "model": "smol", **spec})
+
+
+IMAGE_SANDBOX = {
+    "image": "python:3.12-slim",
+    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                  "limits": {"cpu": 1, "memory": "512Mi", "ephemeral-storage": "2Gi"}},
+    "network": "egress",
+    "warmPoolSize": 2,
+    "ttlSeconds": 120,
+}  # fmt: skip
+TOOLS = [{"name": "run_python", "description": "run it", "command": ["python3", "-c", "x"],
+          "timeoutSeconds": 5, "maxOutputBytes": 4096}]  # fmt: skip
+
+
+def test_every_agentprogram_field_reaches_the_class() -> None:
+    spec = program(
+        priority=80,
+        limits={"maxConcurrentPrograms": 3, "maxContextTokens": 4096, "leaseSeconds": 90},
+        sandbox=IMAGE_SANDBOX,
+        tools=TOOLS,
+    )
+    cls = program_class("coder", spec, owner_ref(BODY))
+    assert (cls.name, cls.model, cls.priority) == ("coder", "smol", 80)
+    assert (cls.max_concurrent_programs, cls.max_context_tokens, cls.lease_seconds) == (3, 4096, 90.0)
+    assert cls.owner == OwnerRef(name="coder", uid="uid-coder", namespace="team")
+    sandbox = cls.sandbox
+    assert sandbox is not None and sandbox.image == "python:3.12-slim" and sandbox.command is None
+    assert (sandbox.network, sandbox.warm_pool_size, sandbox.ttl_seconds) == ("egress", 2, 120)
+    assert sandbox.resources.kubernetes == {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "2Gi"},
+    }
+    assert sandbox.resources.memory_bytes == 512 << 20
+    assert sandbox.resources.disk_bytes == 2 << 30
+    [tool] = cls.tools
+    assert (tool.name, tool.description, tool.command) == ("run_python", "run it", ["python3", "-c", "x"])
+    assert (tool.timeout_s, tool.max_output_bytes) == (5.0, 4096)
+    # The file the router loads round-trips to the same class.
+    path = REPO / ".pytest-classes.yaml"
+    try:
+        path.write_text(classes_yaml([cls]))
+        assert load_classes_file(path) == [cls]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_defaults_and_no_sandbox() -> None:
+    cls = program_class("plain", program())
+    assert cls.sandbox is None and cls.tools == [] and cls.owner is None
+    assert (cls.priority, cls.max_concurrent_programs, cls.lease_seconds) == (50, 8, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "reason", "text"),
+    [
+        ({"image": "i", "resources": {"limits": {"memory": "lots"}}}, "ResourcesInvalid", "not a byte quantity"),
+        ({"image": "i", "resources": {"limits": {"memory": "500m"}}}, "ResourcesInvalid", "not a byte quantity"),
+        ({"image": "i", "resources": {"limits": {"memory": "512Ki"}}}, "ResourcesInvalid", "at least 1Mi"),
+    ],
+)
+def test_bad_sandbox_resources_are_rejected(sandbox: dict[str, Any], reason: str, text: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        program(sandbox=sandbox)
+    assert err.value.errors()[0]["type"] == reason and text in str(err.value)
+
+
+def test_a_tool_without_a_command_is_rejected() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        program(sandbox={"command": ["true"]}, tools=[{"name": "t"}])
+
+
+def test_class_errors_name_the_field() -> None:
+    # The CRD allows 64-character tool names starting with '_'; the router's class allows the same.
+    assert program_class("ok", program(sandbox={"command": ["true"]}, tools=[{"name": "_" * 64, "command": ["x"]}]))
+    with pytest.raises(ClassError) as err:
+        program_class("Not_A_Dns_Label", program())
+    assert "name" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sandbox_backend_fits_where_it_runs() -> None:
+    image = program(sandbox=IMAGE_SANDBOX)
+    local = program(sandbox={"command": ["true"], "resources": {"limits": {"memory": "256Mi"}}})
+    assert cluster_problem(image) is None and cluster_problem(program()) is None
+    assert "sandbox.image" in (cluster_problem(local) or "")
+    assert local_problem(local) is None and local_problem(program()) is None
+    assert "needs a cluster" in (local_problem(image) or "")
+    cpu = program(sandbox={"command": ["true"], "resources": {"limits": {"cpu": "1"}}})
+    assert "cpu cannot be enforced locally" in (local_problem(cpu) or "")
+
+
+def test_classes_live_outside_the_config_hash() -> None:
+    def children(*classes: Any) -> list[dict[str, Any]]:
+        return router_children(OWNER, ROUTER, render(ROUTER, POOLS, classes, kubernetes_endpoints("team")), Images())
+
+    def digest(kids: list[dict[str, Any]]) -> str:
+        dep = next(c for c in kids if c["kind"] == "Deployment")
+        return str(dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH])
+
+    none = children()
+    one = children(program_class("coder", program(priority=10)))
+    changed = children(program_class("coder", program(priority=90)))
+    assert digest(none) == digest(one) == digest(changed)
+    files = [yaml.safe_load(k[4]["data"]["classes.yaml"]) for k in (none, one, changed)]
+    assert files[0] == {"classes": []}
+    assert [c["priority"] for c in files[1]["classes"]] == [10] and files[2]["classes"][0]["priority"] == 90
+    dep = next(c for c in one if c["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "classes")
+    assert "subPath" not in mount  # a subPath mount is never updated in a running pod
+    assert {"name": "classes", "configMap": {"name": "front-router-classes"}} in pod["volumes"]
+    config = yaml.safe_load(one[3]["data"]["router.yaml"])
+    assert config["programs"]["classesFile"] == f"{mount['mountPath']}/classes.yaml"
+    for child in one:
+        kubernetes_validate.validate(child, "1.32.0", strict=True)
+
+
+def test_router_programs_settings_reach_router_yaml() -> None:
+    spec = RouterSpec.model_validate({
+        "pools": [{"name": "chat"}],
+        "programs": {"kvHighWatermark": 0.8, "kvLowWatermark": 0.6, "tickSeconds": 0.25, "maxWaitSeconds": 30,
+                     "retentionMaxSeconds": 45, "reloadIntervalSeconds": 1},
+    })  # fmt: skip
+    config = RouterConfig.model_validate(yaml.safe_load(render(spec, POOLS, [], kubernetes_endpoints("t")).router_yaml))
+    p = config.programs
+    assert (p.high_watermark, p.low_watermark, p.tick_s, p.max_wait_s, p.retention_max_s) == (0.8, 0.6, 0.25, 30, 45)
+    assert p.reload_interval_s == 1
+
+
+def test_router_programs_defaults_are_the_routers() -> None:
+    crd, router = ProgramScheduling(), ProgramsConfig()
+    assert crd.kv_high_watermark == router.high_watermark and crd.kv_low_watermark == router.low_watermark
+    assert crd.tick_seconds == router.tick_s and crd.max_wait_seconds == router.max_wait_s
+    assert crd.retention_max_seconds == router.retention_max_s
+    assert crd.reload_interval_seconds == router.reload_interval_s
+
+
+@pytest.mark.parametrize("programs", [{"enabled": False}, {"defaultLeaseSeconds": 60}])
+def test_router_programs_fields_without_an_effect_are_rejected(programs: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        RouterSpec.model_validate({"pools": [{"name": "chat"}], "programs": programs})
+    assert err.value.errors()[0]["type"] == Reason.FEATURE_NOT_SUPPORTED.value
+
+
+def _rbac_md_rules() -> list[dict[str, Any]]:
+    text = (REPO / "router" / "sandboxes" / "RBAC.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    rules: list[dict[str, Any]] = yaml.safe_load(block.group(1))["rules"]
+    return rules
+
+
+def test_router_role_grants_sandbox_verbs_only_for_image_sandboxes() -> None:
+    def role(*classes: Any) -> dict[str, Any]:
+        rendered = render(ROUTER, POOLS, classes, kubernetes_endpoints("team"))
+        return next(c for c in router_children(OWNER, ROUTER, rendered, Images()) if c["kind"] == "Role")
+
+    assert role()["rules"] == DISCOVERY_RULES
+    assert role(program_class("plain", program()))["rules"] == DISCOVERY_RULES
+    local = program_class("local", program(sandbox={"command": ["true"]}))
+    assert role(local)["rules"] == DISCOVERY_RULES
+    with_pods = role(local, program_class("coder", program(sandbox=IMAGE_SANDBOX)))
+    assert with_pods["rules"] == DISCOVERY_RULES + SANDBOX_RULES
+    assert with_pods["kind"] == "Role" and with_pods["metadata"]["namespace"] == "team"  # never cluster-wide
+    # Exactly what the sandbox backend documents it calls.
+    assert _rbac_md_rules() == SANDBOX_RULES
+    kubernetes_validate.validate(with_pods, "1.32.0", strict=True)
