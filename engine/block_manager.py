@@ -52,6 +52,11 @@ class BlockManager:
         return len(self._free_uncached) + len(self._free_cached)
 
     @property
+    def num_cached_free_blocks(self) -> int:
+        """Free blocks that still hold a reusable prefix (evicted last, LRU)."""
+        return len(self._free_cached)
+
+    @property
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
 

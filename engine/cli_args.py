@@ -22,6 +22,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernels", default=None, choices=["torch", "triton"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument(
+        "--max-pinned-blocks-per-tenant", type=int, default=None,
+        help="KV blocks one tenant's program pins may hold (default: a quarter of the pool)",
+    )  # fmt: skip
+    parser.add_argument("--max-retention-s", type=float, default=600.0, help="cap on program retention (seconds)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -40,4 +45,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kernels=args.kernels,
         seed=args.seed,
         num_threads=args.num_threads,
+        max_pinned_blocks_per_tenant=args.max_pinned_blocks_per_tenant,
+        max_retention_s=args.max_retention_s,
     )

@@ -36,6 +36,11 @@ class EngineConfig:
     """Seed of the engine's default generator (requests without their own seed)."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None keeps torch's default."""
+    max_pinned_blocks_per_tenant: int | None = None
+    """KV blocks one tenant's program pins may hold; None = a quarter of the pool. Past it, the
+    tenant's oldest pins are released first."""
+    max_retention_s: float = 600.0
+    """Cap on a program's requested retention (seconds)."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -50,5 +55,9 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.max_pinned_blocks_per_tenant is not None and self.max_pinned_blocks_per_tenant < 0:
+            raise ValueError(f"max_pinned_blocks_per_tenant must be >= 0, got {self.max_pinned_blocks_per_tenant}")
+        if not 0 <= self.max_retention_s <= 7 * 86400:
+            raise ValueError(f"max_retention_s must be in [0, 604800], got {self.max_retention_s}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

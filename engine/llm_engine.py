@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import time
 
 from shoal.engine.block_manager import BlockManager
 from shoal.engine.config import EngineConfig
-from shoal.engine.errors import DuplicateRequestError, PromptTooLongError
+from shoal.engine.errors import DuplicateRequestError, PromptTooLongError, StepFailedError
 from shoal.engine.model_runner import ModelRunner, SampleRequest
 from shoal.engine.outputs import EngineStats, RequestOutput
 from shoal.engine.programs import ProgramRetention
@@ -16,6 +18,8 @@ from shoal.engine.sampler import SampleResult
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shoal.engine.sequence import Sequence
+
+logger = logging.getLogger("shoal.engine")
 
 
 class LLMEngine:
@@ -32,7 +36,12 @@ class LLMEngine:
         # a lone sequence must always fit the pool, so preemption can never deadlock
         self.max_model_len = min(model_len, self.runner.model_config.max_position_embeddings, self.num_blocks * self.block_size)
         self.block_manager = BlockManager(self.num_blocks, self.block_size, config.enable_prefix_caching)
-        self.programs = ProgramRetention(self.block_manager)
+        quota = config.max_pinned_blocks_per_tenant
+        self.programs = ProgramRetention(
+            self.block_manager,
+            max_blocks_per_tenant=self.num_blocks // 4 if quota is None else quota,
+            max_retention_s=config.max_retention_s,
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=config.max_num_batched_tokens,
@@ -60,8 +69,15 @@ class LLMEngine:
         priority: int = 0,
         program_id: str | None = None,
         retention_s: float | None = None,
+        tenant: str = "",
+        cache_salt: str = "",
     ) -> None:
-        """Queue a request. Raises ValueError (naming the problem) for bad input."""
+        """Queue a request. Raises ValueError (naming the problem) for bad input.
+
+        Every parameter is checked against what this model can represent here, so a
+        request that is accepted cannot break a step. ``tenant`` owns the program pin;
+        ``cache_salt`` separates prefix-cache sharing (equal salts share).
+        """
         params = params or SamplingParams()
         if request_id in self._requests:
             raise DuplicateRequestError(request_id)
@@ -84,6 +100,7 @@ class LLMEngine:
             raise PromptTooLongError(len(prompt_token_ids), self.max_model_len)
         if retention_s is not None and retention_s < 0:
             raise ValueError(f"retention must be >= 0 seconds, got {retention_s}")
+        params = self._fit_to_model(params, vocab)
         state = RequestState(request_id, prompt_token_ids, params, self.tokenizer, time.monotonic())
         seq = Sequence(
             request_id,
@@ -93,6 +110,8 @@ class LLMEngine:
             arrival=next(self._arrivals),
             program_id=program_id,
             retention_s=retention_s,
+            cache_salt=cache_salt,
+            tenant=tenant,
         )
         state.add_sequence(seq)
         self._requests[request_id] = state
@@ -109,11 +128,22 @@ class LLMEngine:
         self.runner.release_request(request_id, state.params.n)
         return state.snapshot(self._cached_tokens(state))
 
+    def _fit_to_model(self, params: SamplingParams, vocab: int) -> SamplingParams:
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"stop_token_ids must be token ids in [0, {vocab}), got {bad[0]}")
+        if params.top_k >= vocab:  # keeping the whole vocabulary is no top-k at all
+            params = dataclasses.replace(params, top_k=0)
+        if params.logprobs is not None and params.logprobs > vocab:
+            params = dataclasses.replace(params, logprobs=vocab)
+        return params
+
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
 
-    def release_program(self, program_id: str) -> int:
-        return self.programs.release(program_id)
+    def release_program(self, program_id: str, tenant: str = "") -> int:
+        """Drop ``tenant``'s pin of ``program_id``; the number of blocks unpinned."""
+        return self.programs.release(program_id, tenant)
 
     # ---- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -125,6 +155,18 @@ class LLMEngine:
                 output = self.scheduler.schedule()
         if output.is_empty:
             return []
+        try:
+            return self._run_step(output)
+        except Exception as exc:
+            # Only the requests in this batch fail; aborting them frees their blocks and
+            # leaves the scheduler consistent for everyone else.
+            failed = frozenset(item.seq.request_id for item in output.scheduled)
+            logger.exception("engine step failed; failing its %d request(s)", len(failed))
+            for request_id in failed:
+                self.abort_request(request_id)
+            raise StepFailedError(failed, exc) from exc
+
+    def _run_step(self, output: SchedulerOutput) -> list[RequestOutput]:
         now = time.monotonic()
         requests = self._sample_requests(output)
         results = self.runner.run(output.scheduled, requests)
@@ -176,6 +218,7 @@ class LLMEngine:
                 program_id=parent.program_id,
                 retention_s=parent.retention_s,
                 cache_salt=parent.cache_salt,
+                tenant=parent.tenant,
             )
             state.add_sequence(child)
             self.scheduler.fork(parent, child)
@@ -214,6 +257,7 @@ class LLMEngine:
             num_programs=self.programs.num_programs,
             prompt_tokens=self._prompt_tokens,
             generation_tokens=self._generation_tokens,
+            num_cached_blocks=bm.num_cached_free_blocks,
         )
 
     def cached_block_hashes(self) -> list[int]:

@@ -91,7 +91,8 @@ class ModelRunner:
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_source))
             else:
-                seed = seed + index * 1_000_003
+                # any 64-bit seed is valid; wrap so seed + offset stays in manual_seed's range
+                seed = (seed + index * 1_000_003) % 2**64
             gen = torch.Generator(device=self.device).manual_seed(seed)
             self._generators[key] = gen
         return gen

@@ -65,3 +65,5 @@ class EngineStats:
     num_programs: int
     prompt_tokens: int
     generation_tokens: int
+    num_cached_blocks: int = 0
+    """Free blocks that still hold a reusable prefix."""

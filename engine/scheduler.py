@@ -2,8 +2,8 @@
 
 Each step has a token budget. Running decodes go first (one token each), then prompt
 chunks fill the rest, so a long prompt is split across steps and never stalls the
-decodes around it. When blocks run out, the lowest-priority running sequence is
-preempted by recompute (its blocks are freed; it re-enters the waiting queue and its
+decodes around it. Priority is "higher first" (engine, router and CRD agree). When
+blocks run out, the lowest-priority running sequence is preempted by recompute (its blocks are freed; it re-enters the waiting queue and its
 prefix is usually found again in the prefix cache).
 """
 
@@ -25,7 +25,8 @@ class SchedulerConfig:
     max_model_len: int
     """Longest sequence (prompt + output) allowed."""
     priority_aging_steps: int = 64
-    """A waiting sequence gains one priority level per this many steps it waits (no starvation)."""
+    """A waiting sequence gains one priority level per this many steps it waits (no starvation).
+    Priority is "higher first"."""
     watermark_blocks: int = 0
     """Free blocks kept back when admitting new sequences, so running decodes rarely preempt."""
 
@@ -206,10 +207,11 @@ class Scheduler:
         self.waiting.append(seq)
         preempted.append(seq)
 
+    # Sort keys put the highest priority first (so they negate it), then the earliest arrival.
     def _running_key(self, seq: Sequence) -> tuple[int, float, int]:
-        return (seq.priority, seq.arrival, seq.index)
+        return (-seq.priority, seq.arrival, seq.index)
 
     def _waiting_key(self, seq: Sequence) -> tuple[int, float, int]:
-        aged = seq.priority - seq.waiting_steps // self.config.priority_aging_steps
+        aged = seq.priority + seq.waiting_steps // self.config.priority_aging_steps
         # preempted sequences keep their original arrival, so they go back to the front of their class
-        return (aged, seq.arrival, seq.index)
+        return (-aged, seq.arrival, seq.index)

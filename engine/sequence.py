@@ -35,6 +35,7 @@ class Sequence:
         program_id: str | None = None,
         retention_s: float | None = None,
         cache_salt: str = "",
+        tenant: str = "",
     ) -> None:
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -54,6 +55,9 @@ class Sequence:
         self.program_id = program_id
         self.retention_s = retention_s
         self.cache_salt = cache_salt
+        """Mixed into the prefix-cache block hashes: requests share cached blocks only with equal salts."""
+        self.tenant = tenant
+        """Owner of this request's program pin (pins are keyed by (tenant, program_id))."""
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

@@ -28,7 +28,7 @@ from shoal.engine.server.protocol import (
     TokenizeRequest,
 )
 from shoal.engine.server.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
-from shoal.engine.server.serving import ServerSettings, ServingContext
+from shoal.engine.server.serving import ServerSettings, ServingContext, caller_of
 from shoal.engine.server.serving_chat import create_chat_completion, encode_messages
 from shoal.engine.server.serving_completions import create_completion
 
@@ -52,6 +52,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
             yield
         finally:
             await engine.stop()
+            ctx.close()
 
     app = FastAPI(title="Shoal engine", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
@@ -61,7 +62,12 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
         return unavailable(f"The engine is not running: {exc}", "engine_unavailable").response()
 
     app.add_exception_handler(EngineDeadError, engine_dead)
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        api_key=settings.api_key,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -101,9 +107,9 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
         ctx.check_model(req.model)
         if req.messages is not None:
             tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
-            tokens = encode_messages(ctx, req.messages, tools, req.add_generation_prompt)
+            tokens = await ctx.off_loop(encode_messages, ctx, req.messages, tools, req.add_generation_prompt)
         else:
-            tokens = ctx.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+            tokens = await ctx.off_loop(ctx.tokenizer.encode, req.prompt or "", req.add_special_tokens)
         return _json(TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len, tokens=tokens))
 
     @app.post("/detokenize")
@@ -117,9 +123,25 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
         return _json(DetokenizeResponse(prompt=ctx.tokenizer.decode(req.tokens)))
 
     @app.post("/v1/programs/{program_id}/release")
-    async def release_program(program_id: str) -> JSONResponse:
-        released = await engine.call(lambda e: e.release_program(program_id))
+    async def release_program(program_id: str, request: Request) -> JSONResponse:
+        # An admin endpoint (engine key); scoped by the trusted tenant header like the pins it drops.
+        tenant = caller_of(request).tenant
+        released = await engine.call(lambda e: e.release_program(program_id, tenant))
         return JSONResponse({"program_id": program_id, "released_blocks": int(released)})
+
+    @app.get("/shoal/kv/capacity")
+    async def kv_capacity() -> JSONResponse:
+        s = engine.stats
+        return JSONResponse(
+            {
+                "block_size": s.block_size,
+                "kv_blocks_total": s.num_blocks,
+                "free_blocks": s.num_free_blocks,
+                "kv_blocks_cached": s.num_cached_blocks,
+                "pinned_blocks": s.num_pinned_blocks,
+                "programs": s.num_programs,
+            }
+        )
 
     payload_cache: list[bytes] = []
 

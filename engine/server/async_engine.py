@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+from shoal.engine.errors import StepFailedError
+from shoal.engine.server.errors import RequestFailedError
 
 logger = logging.getLogger("shoal.engine.server")
 T = TypeVar("T")
@@ -69,17 +73,19 @@ class EngineLike(Protocol):
         priority: int = 0,
         program_id: str | None = None,
         retention_s: float | None = None,
+        tenant: str = "",
+        cache_salt: str = "",
     ) -> None: ...
     def step(self) -> Sequence[RequestOutputLike]: ...
     def abort_request(self, request_id: str) -> None: ...
     def has_unfinished_requests(self) -> bool: ...
-    def release_program(self, program_id: str) -> int: ...
+    def release_program(self, program_id: str, tenant: str = "") -> int: ...
     def stats(self) -> Any: ...
     def cached_block_hashes(self) -> list[int]: ...
 
 
 class EngineDeadError(RuntimeError):
-    """The engine thread stopped (a step raised, or the server is shutting down)."""
+    """The engine thread stopped (its own machinery failed, or the server is shutting down)."""
 
 
 class RequestObserver(Protocol):
@@ -178,7 +184,8 @@ class AsyncEngine:
         self._inbox: list[Command] = []
         self._cond = threading.Condition()
         self._streams: dict[str, RequestStream] = {}
-        self._not_started: set[str] = set()
+        self._not_started: dict[str, int] = {}
+        """Requests without a first token yet -> the sequences they will run (n)."""
         self._pending: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._dead: BaseException | None = None
@@ -224,8 +231,8 @@ class AsyncEngine:
 
     @property
     def num_queued(self) -> int:
-        """Requests accepted that have not produced a token yet (the backpressure measure)."""
-        return len(self._not_started)
+        """Sequences (requests x n) accepted that have not produced a token yet (the backpressure measure)."""
+        return sum(self._not_started.values())
 
     # ------------------------------------------------------------ requests
 
@@ -239,6 +246,8 @@ class AsyncEngine:
         priority: int = 0,
         program_id: str | None = None,
         retention_s: float | None = None,
+        tenant: str = "",
+        cache_salt: str = "",
     ) -> RequestStream:
         """Hand a request to the engine; returns once the engine accepted it.
 
@@ -249,7 +258,7 @@ class AsyncEngine:
         observer = self.observer_factory() if self.observer_factory else None
         stream = RequestStream(request_id, arrival if arrival is not None else time.monotonic(), observer)
         self._streams[request_id] = stream
-        self._not_started.add(request_id)
+        self._not_started[request_id] = max(1, int(getattr(params, "n", 1)))
 
         def add(engine: EngineLike) -> None:
             engine.add_request(
@@ -260,6 +269,8 @@ class AsyncEngine:
                 priority=priority,
                 program_id=program_id,
                 retention_s=retention_s,
+                tenant=tenant,
+                cache_salt=cache_salt,
             )
 
         try:
@@ -277,6 +288,10 @@ class AsyncEngine:
             return
         self._submit(lambda engine: _quiet_abort(engine, request_id))
 
+    def fail_in_flight(self, exc: BaseException) -> None:
+        """End every request in flight with ``exc`` (drain timeout) and abort them in the engine."""
+        self._fail_requests(None, exc)
+
     async def call(self, fn: Callable[[EngineLike], T]) -> T:
         """Run ``fn(engine)`` on the engine thread between two steps and return its result."""
         self._check_alive()
@@ -291,7 +306,7 @@ class AsyncEngine:
             raise EngineDeadError("the engine is not running")
 
     def _forget(self, request_id: str) -> RequestStream | None:
-        self._not_started.discard(request_id)
+        self._not_started.pop(request_id, None)
         return self._streams.pop(request_id, None)
 
     async def _call(self, fn: Callable[[EngineLike], T]) -> T:
@@ -324,9 +339,18 @@ class AsyncEngine:
                 continue
             stream._push(out, now)
             if stream.started:
-                self._not_started.discard(out.request_id)
+                self._not_started.pop(out.request_id, None)
             if out.finished:
                 self._forget(out.request_id)
+
+    def _fail_requests(self, request_ids: frozenset[str] | None, exc: BaseException) -> None:
+        """Fail these requests' streams (None: every request in flight) and abort them in the engine."""
+        for request_id in list(self._streams) if request_ids is None else request_ids:
+            stream = self._forget(request_id)
+            if stream is not None:
+                stream._fail(exc)
+                if request_ids is None:  # the engine did not clean up after itself: do it
+                    self._submit(functools.partial(_quiet_abort, request_id=request_id))
 
     def _fail_all(self, exc: BaseException) -> None:
         # Commands still in the inbox will never run: fail whoever awaits them.
@@ -366,7 +390,20 @@ class AsyncEngine:
                 busy = engine.has_unfinished_requests()
                 if busy:
                     start = time.perf_counter()
-                    outputs = engine.step()
+                    try:
+                        outputs = engine.step()
+                    except StepFailedError as exc:
+                        self._post(self._fail_requests, exc.request_ids, RequestFailedError(exc.cause))
+                        self.stats = engine.stats()
+                        busy = engine.has_unfinished_requests()
+                        continue
+                    except Exception as exc:
+                        # A step failed without saying which requests it held: fail them all,
+                        # then wait for the aborts the event loop sends back before stepping again.
+                        logger.exception("engine step failed; failing every request in flight")
+                        self._post(self._fail_requests, None, RequestFailedError(exc))
+                        busy = False
+                        continue
                     now = time.monotonic()
                     self.busy_s += time.perf_counter() - start
                     self.steps += 1

@@ -25,7 +25,9 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
@@ -81,12 +83,43 @@ def unavailable(message: str, code: str) -> APIError:
     return APIError(503, message, code=code)
 
 
+def draining(retry_after_s: int) -> APIError:
+    return APIError(
+        503, "The server is shutting down; retry on another replica.", code="server_draining",
+        headers={"Retry-After": str(retry_after_s)},
+    )  # fmt: skip
+
+
+class RequestFailedError(APIError):
+    """A step that held this request raised; the request is over, the engine goes on."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            500, f"The request failed in the engine: {cause}", type="server_error", code="engine_step_failed"
+        )
+
+
 class BodyTooLarge(Exception):
     """Raised while reading a request body past the configured limit."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.limit = limit
+
+
+class BodyTimeout(Exception):
+    """Raised while reading a request body past the body read deadline."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
+
+
+def body_timeout(timeout_s: float) -> APIError:
+    return APIError(
+        408, f"The request body was not received within {timeout_s:g} seconds.", code="request_timeout",
+        headers={"Connection": "close"},
+    )  # fmt: skip
 
 
 def body_too_large(limit: int) -> APIError:
@@ -142,6 +175,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, BodyTooLarge)
         return body_too_large(exc.limit).response()
 
+    async def slow_body(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BodyTimeout)
+        return body_timeout(exc.timeout_s).response()
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
         return APIError(500, f"Internal server error: {type(exc).__name__}").response()
@@ -151,4 +188,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_exception_handler(BodyTimeout, slow_body)
     app.add_exception_handler(Exception, unexpected)

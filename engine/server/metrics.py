@@ -65,6 +65,10 @@ class _EngineStatsCollector(Collector):
         yield gauge("shoal:pinned_blocks", "KV blocks held for programs (out of eviction).", s.num_pinned_blocks)
         yield gauge("shoal:programs", "Programs with retained KV blocks.", s.num_programs)
         yield gauge("shoal:free_blocks", "KV blocks free (incl. cached, evictable).", s.num_free_blocks)
+        yield gauge("shoal:kv_blocks_total", "KV blocks in the pool.", s.num_blocks)
+        yield gauge("shoal:kv_blocks_cached", "Free KV blocks that still hold a reusable prefix.",
+                    getattr(s, "num_cached_blocks", 0))  # fmt: skip
+        yield gauge("shoal:kv_block_size", "Tokens per KV block.", s.block_size)
         steps, busy_s = self._loop_stats()
         yield counter("shoal:engine_steps", "Engine steps run.", steps)
         yield counter("shoal:engine_busy_seconds", "Seconds the engine thread spent in step().", busy_s)

@@ -9,6 +9,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,13 +20,25 @@ from starlette.types import Receive, Scope, Send
 from shoal.engine.errors import PromptTooLongError
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError, RequestStream, StreamUpdate
-from shoal.engine.server.errors import APIError, bad_request, model_not_found, too_many_requests, unavailable
+from shoal.engine.server.errors import (
+    APIError,
+    bad_request,
+    draining,
+    model_not_found,
+    too_many_requests,
+    unavailable,
+)
 from shoal.engine.server.metrics import ServerMetrics
+from shoal.engine.server.middleware import TRUSTED_SCOPE_KEY
 from shoal.engine.server.protocol import _SamplingRequest
 from shoal.engine.server.responses import PromptTokensDetails, Usage
 
 T = TypeVar("T")
 SSE_DONE = b"data: [DONE]\n\n"
+TENANT_HEADER = "x-shoal-tenant"
+CACHE_SALT_HEADER = "x-shoal-cache-salt"
+PRIORITY_HEADER = "x-shoal-priority"
+
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 
 
@@ -43,6 +56,51 @@ class ServerSettings:
     tool_call_parser: str = "hermes"
     """``hermes`` (Qwen/Hermes ``<tool_call>`` JSON) or ``none``."""
     block_size: int = 16
+    max_header_bytes: int = 64 * 1024
+    """Total size of the request line and headers; past it, 431."""
+    max_header_count: int = 100
+    """Most request headers; past it, 431."""
+    header_timeout_s: float = 10.0
+    """Time to receive the complete request head; past it, 408 and the connection closes."""
+    body_timeout_s: float = 60.0
+    """Time to receive the complete body (e.g. a Content-Length never fulfilled); past it, 408."""
+    keep_alive_s: float = 30.0
+    """Idle time after which a keep-alive connection is closed."""
+    tokenizer_threads: int = 2
+    """Threads that render chat templates and tokenize (off the event loop)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from, as far as the engine may believe it."""
+
+    tenant: str = ""
+    """Owner of program pins (x-shoal-tenant); "" for direct callers that send none."""
+    cache_salt: str = ""
+    """Prefix-cache salt (x-shoal-cache-salt): only requests with equal salts share cached blocks."""
+    priority: int = 0
+    """Scheduling priority, higher first (x-shoal-priority, else the body's ``priority``)."""
+
+
+def caller_of(request: Request, body_priority: int = 0) -> Caller:
+    """The caller's tenant, cache salt and priority.
+
+    Honoured only from a trusted caller (one that passed the API key check, or any caller
+    of a keyless engine, which trusts its network); from anyone else they are ignored.
+    """
+    if not request.scope.get(TRUSTED_SCOPE_KEY, False):
+        return Caller()
+    headers = request.headers
+    priority = body_priority
+    raw = headers.get(PRIORITY_HEADER)
+    if raw is not None:
+        try:
+            priority = int(raw)
+        except ValueError:
+            raise bad_request(f"{PRIORITY_HEADER} must be an integer, got {raw[:32]!r}") from None
+    if not -(2**31) <= priority < 2**31:
+        raise bad_request(f"priority must be a 32-bit integer, got {priority}", param="priority")
+    return Caller(headers.get(TENANT_HEADER, ""), headers.get(CACHE_SALT_HEADER, ""), priority)
 
 
 @dataclass
@@ -55,6 +113,8 @@ class ServingContext:
     created: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
     _token_text: dict[int, str] = field(default_factory=dict)
+    _tokenizer_pool: ThreadPoolExecutor | None = None
+    _max_text_bytes: int | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -68,16 +128,58 @@ class ServingContext:
         if name is not None and name != self.settings.served_model_name:
             raise model_not_found(name)
 
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy request work (template rendering, tokenization) in the tokenizer threads."""
+        if self._tokenizer_pool is None:
+            self._tokenizer_pool = ThreadPoolExecutor(self.settings.tokenizer_threads, "shoal-tokenize")
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, fn, *args)
+
+    def close(self) -> None:
+        if self._tokenizer_pool is not None:
+            self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    def max_text_bytes(self) -> int:
+        """Bytes of text that surely tokenize to more than ``max_model_len`` tokens.
+
+        No token covers more than the tokenizer's longest token, so text longer than that
+        times the context cannot fit; twice that margin covers normalizers that shrink text.
+        """
+        if self._max_text_bytes is None:
+            per_token = getattr(self.tokenizer, "max_token_bytes", None) or 64
+            self._max_text_bytes = 2 * self.max_model_len * int(per_token)
+        return self._max_text_bytes
+
+    def check_text_size(self, num_bytes: int, param: str) -> None:
+        """400 before tokenizing a text that cannot fit the context (no tokenizer work for it)."""
+        limit = self.max_text_bytes()
+        if num_bytes > limit:
+            raise bad_request(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                f"{param} has {num_bytes} bytes of text, more than any {self.max_model_len}-token prompt "
+                f"({limit} bytes at most).",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     def admit(self, count: int) -> None:
-        """Refuse new work when draining, dead, or when the waiting queue is full."""
+        """Refuse new work when draining, dead, or when the waiting queue is full.
+
+        ``count`` is what the request adds to the queue: prompts x n samples.
+        """
         if self.draining:
             self.metrics.reject("draining")
-            raise unavailable("The server is shutting down.", "server_draining")
+            raise draining(self.settings.retry_after_s)
         if self.engine.dead is not None or not self.engine.is_running:
             self.metrics.reject("engine_dead")
             raise unavailable("The engine is not running.", "engine_unavailable")
-        queued = self.engine.num_queued
-        if queued and queued + count > self.settings.max_waiting:
+        limit = self.settings.max_waiting
+        if count > limit:
+            self.metrics.reject("too_large")
+            raise bad_request(
+                f"This request asks for {count} sequences (prompts x n); the server queues at most {limit}.",
+                param="n",
+            )
+        if self.engine.num_queued + count > limit:
             self.metrics.reject("queue_full")
             raise too_many_requests(self.settings.retry_after_s)
 
@@ -116,7 +218,7 @@ class ServingContext:
                 frequency_penalty=req.frequency_penalty or 0.0,
                 seed=req.seed,
                 max_tokens=max_tokens,
-                min_tokens=min(req.min_tokens, max_tokens),
+                min_tokens=req.min_tokens,
                 stop=tuple(req.stop_list()),
                 stop_token_ids=tuple(req.stop_token_ids or ()),
                 ignore_eos=req.ignore_eos,
@@ -124,7 +226,8 @@ class ServingContext:
                 skip_special_tokens=req.skip_special_tokens,
             )
         except ValueError as exc:
-            raise bad_request(str(exc)) from exc
+            param = next((p for p in ("min_tokens", "seed", "top_k", "max_tokens") if p in str(exc)), None)
+            raise bad_request(str(exc), param=param) from exc
 
     async def submit(
         self,
@@ -133,6 +236,7 @@ class ServingContext:
         prompts: Sequence[list[int]],
         params: Sequence[SamplingParams],
         arrival: float,
+        caller: Caller,
     ) -> list[RequestStream]:
         """Add one engine request per prompt; on any failure, abort the ones already added."""
         streams: list[RequestStream] = []
@@ -145,9 +249,11 @@ class ServingContext:
                         p,
                         prompt_token_ids=ids,
                         arrival=arrival,
-                        priority=req.priority,
+                        priority=caller.priority,
                         program_id=req.program_id,
                         retention_s=req.program_retention_s,
+                        tenant=caller.tenant,
+                        cache_salt=caller.cache_salt,
                     )
                 )
         except BaseException as exc:
@@ -205,6 +311,13 @@ def usage_of(prompt_lens: Sequence[int], finals: Sequence[StreamUpdate]) -> Usag
 
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_usage(usage: Usage) -> bytes:
+    """The ``: shoal-usage {...}`` SSE comment that ends a program's stream (clients ignore comments)."""
+    payload = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+               "cached_tokens": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}  # fmt: skip
+    return b": shoal-usage " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 def sse_error(exc: BaseException) -> bytes:

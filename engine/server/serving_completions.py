@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,12 +18,14 @@ from shoal.engine.server.serving import (
     ClientDisconnected,
     EventStreamResponse,
     ServingContext,
+    caller_of,
     clamp_logprob,
     final_updates,
     merged_updates,
     new_id,
     sse,
     sse_error,
+    sse_usage,
     top_logprobs,
     until_disconnect,
     usage_of,
@@ -47,25 +50,31 @@ def _logprobs(
     return result
 
 
+def _encode_prompts(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int]]:
+    return [list(tokenizer.encode(p)) if isinstance(p, str) else p for p in prompts]
+
+
 async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Request) -> Response:
     arrival = time.monotonic()
     ctx.check_model(req.model)
+    caller = caller_of(raw, req.priority)
     prompts = req.prompts()
     if len(prompts) * req.n > MAX_N:
         raise bad_request(f"prompts x n must be at most {MAX_N}", param="n")
-    token_lists: list[list[int]] = []
+    ctx.admit(len(prompts) * req.n)  # before any tokenizer work: a full queue costs nothing
     for p in prompts:
-        ids = ctx.tokenizer.encode(p) if isinstance(p, str) else p
-        if not ids:
-            raise bad_request("prompt must not be empty", param="prompt")
-        token_lists.append(ids)
+        if isinstance(p, str):
+            ctx.check_text_size(len(p.encode("utf-8", "surrogatepass")), "prompt")
+    token_lists = await ctx.off_loop(_encode_prompts, ctx.tokenizer, prompts)
+    if any(not ids for ids in token_lists):
+        raise bad_request("prompt must not be empty", param="prompt")
     params = [
         ctx.sampling_params(req, ctx.output_budget(len(ids), req.max_tokens, "prompt"), req.logprobs)
         for ids in token_lists
     ]
-    ctx.admit(len(token_lists))
+    ctx.admit(len(token_lists) * req.n)
     request_id = new_id("cmpl")
-    streams = await ctx.submit(request_id, req, token_lists, params, arrival)
+    streams = await ctx.submit(request_id, req, token_lists, params, arrival, caller)
     echoes = [(p if isinstance(p, str) else ctx.tokenizer.decode(p)) if req.echo else "" for p in prompts]
     prompt_lens = [len(ids) for ids in token_lists]
     if req.stream:
@@ -146,10 +155,12 @@ async def _stream(
                 if req.include_usage():
                     chunk["usage"] = None
                 yield sse(chunk)
+        usage = usage_of(prompt_lens, [f for f in finals if f is not None])
         if req.include_usage():
-            usage = usage_of(prompt_lens, [f for f in finals if f is not None])
             yield sse({"id": request_id, "object": "text_completion", "created": created, "model": model,
                        "choices": [], "usage": usage.model_dump()})  # fmt: skip
+        if req.program_id is not None:
+            yield sse_usage(usage)
     except Exception as exc:
         yield sse_error(exc)
     finally:

@@ -102,8 +102,8 @@ def test_preemption_frees_blocks_and_sequence_resumes() -> None:
 
 def test_preempts_lowest_priority_first() -> None:
     s = make_scheduler(blocks=5, block_size=4, budget=64)
-    high = add(s, 8, "high", max_tokens=20, priority=0)
-    low = add(s, 8, "low", max_tokens=20, priority=5)
+    high = add(s, 8, "high", max_tokens=20, priority=5)
+    low = add(s, 8, "low", max_tokens=20, priority=0)
     victims = []
     while s.has_unfinished() and not victims:
         victims = run_step(s).preempted
@@ -126,9 +126,9 @@ def test_no_starvation_under_steady_stream() -> None:
 
 def test_priority_aging_lets_low_priority_run() -> None:
     s = make_scheduler(blocks=40, block_size=4, budget=4, max_seqs=1)
-    low = add(s, 2, "low", max_tokens=1, priority=3)
+    low = add(s, 2, "low", max_tokens=1, priority=0)
     for step in range(500):
-        add(s, 2, f"hi{step}", max_tokens=1, priority=0)
+        add(s, 2, f"hi{step}", max_tokens=1, priority=3)
         run_step(s)
         if low.is_finished:
             break

@@ -81,6 +81,9 @@ class _Request:
     metrics: dict[str, float]
     program_id: str | None
     retention_s: float | None
+    tenant: str
+    cache_key: tuple[Any, ...]
+    """(cache salt, full-block prompt prefix): what the prefix cache would match on."""
 
 
 class FakeEngine:
@@ -106,8 +109,9 @@ class FakeEngine:
         self.script = script
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
-        self.pinned: dict[str, int] = {}
-        self.seen_prefixes: set[tuple[int, ...]] = set()
+        self.pinned: dict[tuple[str, str], int] = {}
+        """(tenant, program_id) -> pinned blocks."""
+        self.seen_prefixes: set[tuple[Any, ...]] = set()
         self.counters = {"queries": 0, "hits": 0, "prompt": 0, "gen": 0}
         self.added: list[tuple[str, SamplingParams, dict[str, Any]]] = []
         self.aborted: list[str] = []
@@ -125,6 +129,8 @@ class FakeEngine:
         priority: int = 0,
         program_id: str | None = None,
         retention_s: float | None = None,
+        tenant: str = "",
+        cache_salt: str = "",
     ) -> None:
         if any(r.request_id == request_id for r in self.waiting + self.running):
             raise DuplicateRequestError(request_id)
@@ -138,15 +144,19 @@ class FakeEngine:
             raise PromptTooLongError(len(ids), self.max_model_len)
         text = self.tokenizer.decode(ids)
         samples = [_Sample(self.script(text, i, params.seed)) for i in range(params.n)]
-        prefix = tuple(ids[: len(ids) // self.block_size * self.block_size])
-        cached = len(prefix) if prefix in self.seen_prefixes else 0
+        bad_stops = [t for t in params.stop_token_ids if not 0 <= t < VOCAB]
+        if bad_stops:
+            raise ValueError(f"stop_token_ids must be token ids in [0, {VOCAB}), got {bad_stops[0]}")
+        prefix = (cache_salt, *ids[: len(ids) // self.block_size * self.block_size])
+        cached = len(prefix) - 1 if prefix in self.seen_prefixes else 0
         self.counters["queries"] += len(ids)
         self.counters["hits"] += cached
         self.counters["prompt"] += len(ids)
         req = _Request(request_id, tuple(ids), params, samples, math.ceil(len(ids) / self.block_size), cached,
-                       {"arrival": time.monotonic()}, program_id, retention_s)  # fmt: skip
+                       {"arrival": time.monotonic()}, program_id, retention_s, tenant, prefix)  # fmt: skip
         self.added.append((request_id, params, {"priority": priority, "program_id": program_id,
-                                                "retention_s": retention_s, "prompt_token_ids": ids}))  # fmt: skip
+                                                "retention_s": retention_s, "prompt_token_ids": ids,
+                                                "tenant": tenant, "cache_salt": cache_salt}))  # fmt: skip
         self.waiting.append(req)
 
     def abort_request(self, request_id: str) -> None:
@@ -157,8 +167,8 @@ class FakeEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def release_program(self, program_id: str) -> int:
-        return self.pinned.pop(program_id, 0)
+    def release_program(self, program_id: str, tenant: str = "") -> int:
+        return self.pinned.pop((tenant, program_id), 0)
 
     def step(self) -> list[RequestOutput]:
         if self.step_delay_s:
@@ -179,9 +189,10 @@ class FakeEngine:
             finished = all(s.finish is not None for s in req.samples)
             if finished:
                 self.running.remove(req)
-                self.seen_prefixes.add(req.prompt[: len(req.prompt) // self.block_size * self.block_size])
+                self.seen_prefixes.add(req.cache_key)
                 if req.program_id and req.retention_s:
-                    self.pinned[req.program_id] = self.pinned.get(req.program_id, 0) + req.blocks
+                    key = (req.tenant, req.program_id)
+                    self.pinned[key] = self.pinned.get(key, 0) + req.blocks
             outputs.append(self._snapshot(req, finished))
         return outputs
 

@@ -33,8 +33,14 @@ def test_sigterm_drains_and_exits_zero(tiny_model_dir: Path, tmp_path: Path) -> 
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.02)
                 server.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.5)
-                # The listener is closed: a new connection is refused.
+                await asyncio.sleep(0.3)
+                # Readiness fails at once; new requests get 503 + Retry-After while the listener is open.
+                async with httpx.AsyncClient(base_url=server.url, timeout=2) as fresh:
+                    assert (await fresh.get("/health")).status_code == 503
+                    r = await fresh.post("/v1/completions", json={"prompt": "late", "max_tokens": 2})
+                    assert r.status_code == 503 and "Retry-After" in r.headers
+                await asyncio.sleep(1.5)
+                # After --drain-delay the listener is closed: a new connection is refused.
                 with pytest.raises(httpx.TransportError):
                     async with httpx.AsyncClient(base_url=server.url, timeout=2) as fresh:
                         await fresh.get("/health")

@@ -108,34 +108,49 @@ async def test_metrics_parse_and_move(make_client: Any) -> None:
     assert 'model_name="fake-model"' in text
 
 
-async def test_drain_timeout_aborts_what_is_left() -> None:
+async def test_drain_answers_503_then_cuts_running_requests_with_an_error() -> None:
     import signal
     import threading
 
-    import uvicorn
     from server_helpers import free_port
 
     from shoal.engine.server.cli import _DrainingServer
+    from shoal.engine.server.http_limits import uvicorn_config
 
     engine = FakeEngine(step_delay_s=0.01)
     app = build_app(engine)
+    ctx = app.state.ctx
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
-    server = _DrainingServer(config, on_drain=lambda: setattr(app.state.ctx, "draining", True))
+    config = uvicorn_config(app, ctx.settings, host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=5)  # fmt: skip
+    server = _DrainingServer(config, on_drain=lambda: setattr(ctx, "draining", True), engine=ctx.engine,
+                             drain_delay=0.5, drain_timeout=1.0)  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     await wait_until(lambda: server.started)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        task = asyncio.create_task(client.post("/v1/completions", json=LONG))
-        await wait_until(lambda: engine.running)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def streamed() -> str:
+            async with client.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
+                return "".join([line + "\n" async for line in r.aiter_lines()])
+
+        plain = asyncio.create_task(client.post("/v1/completions", json=LONG))
+        stream = asyncio.create_task(streamed())
+        await wait_until(lambda: len(engine.running) == 2)
         server.handle_exit(signal.SIGTERM, None)
-        assert app.state.ctx.draining
+        assert ctx.draining
         start = time.monotonic()
+        # before the listener closes, a new client gets 503 + Retry-After (not "connection refused")
+        async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
+            assert (await fresh.get("/health")).status_code == 503
+            r = await fresh.post("/v1/completions", json={"prompt": "new", "max_tokens": 2})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+            assert r.json()["error"]["code"] == "server_draining"
+        r = await plain
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutdown"
+        body = await stream
+        assert '"code":"server_shutdown"' in body and body.rstrip().endswith("data: [DONE]")
         await asyncio.to_thread(thread.join, 10)
         assert not thread.is_alive() and time.monotonic() - start < 5
-        assert engine.aborted and not engine.has_unfinished_requests()
-        try:
-            r = await task
-            assert r.status_code != 200 or r.json()["choices"][0]["finish_reason"] != "length"
-        except httpx.HTTPError:
-            pass  # the connection was cut: fine, the request did not finish
+        assert not engine.has_unfinished_requests()
