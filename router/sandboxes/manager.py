@@ -48,6 +48,8 @@ class _Entry:
     started: bool = False
     """Its preparation holds a slot (or bypassed the cap): it can no longer be cancelled."""
     kind: str = "cold"
+    """How its first call found it: ``warm`` (pool), ``prewarmed`` (preparation began before
+    the first call), ``cold``."""
     prepare_s: float | None = None
     first_wait_s: float | None = None
     busy: int = 0
@@ -118,7 +120,7 @@ class SandboxManager:
         """Start preparing the program's sandbox (at most ``maxConcurrentPreparations`` at once)."""
         if program_id not in self._entries:
             self.backend.check(cls)
-            self._new_entry(program_id, cls, wait_for_slot=True)
+            self._new_entry(program_id, cls, wait_for_slot=True).kind = "prewarmed"
 
     async def acquire(self, program_id: str, cls: ProgramClassConfig) -> Sandbox:
         """The program's sandbox, waiting only for what is left of its preparation."""
@@ -135,10 +137,8 @@ class SandboxManager:
         entry.last_activity = self.clock()
         if entry.first_wait_s is None:
             entry.first_wait_s = waited = entry.last_activity - began
-            kind = entry.kind if entry.kind == "warm" else ("prewarmed" if waited < (entry.prepare_s or 0) else "cold")
-            entry.kind = kind
-            self.metrics.starts.labels(kind).inc()
-            self.metrics.start_seconds.labels(kind).observe(waited)
+            self.metrics.starts.labels(entry.kind).inc()
+            self.metrics.start_seconds.labels(entry.kind).observe(waited)
         return sandbox
 
     async def run_tool(
@@ -165,6 +165,15 @@ class SandboxManager:
         if entry is None:
             raise SandboxError(f"program {program_id} was released")
         entry.busy += 1
+        # A caller that goes away (client disconnect) does not end the call: the process runs to
+        # its end or timeout, and the sandbox counts as busy (never collected) until then.
+        call_task = asyncio.ensure_future(self._call(entry, sandbox, call))
+        self._background.add(call_task)
+        call_task.add_done_callback(self._background.discard)
+        return await asyncio.shield(call_task)
+
+    async def _call(self, entry: _Entry, sandbox: Sandbox, call: ToolCall) -> ToolResult:
+        cls = entry.cls
         try:
             async with entry.lock:
                 if entry.over_disk is not None:
@@ -182,8 +191,8 @@ class SandboxManager:
         if limit is not None and entry.usage.disk_bytes > limit:
             entry.over_disk = entry.usage.disk_bytes
         outcome = "timeout" if result.timed_out else ("ok" if result.exit_code == 0 else "failed")
-        self.metrics.tool_calls.labels(cls.name, tool, outcome).inc()
-        self.metrics.tool_seconds.labels(cls.name, tool).observe(result.duration_s)
+        self.metrics.tool_calls.labels(cls.name, call.tool.name, outcome).inc()
+        self.metrics.tool_seconds.labels(cls.name, call.tool.name).observe(result.duration_s)
         return result
 
     async def release(self, program_id: str, reason: str = "release") -> bool:
@@ -211,7 +220,7 @@ class SandboxManager:
             return None
         ready = entry.task is not None and entry.task.done() and not entry.task.cancelled() \
             and entry.task.exception() is None  # fmt: skip
-        if ready and entry.busy == 0:
+        if ready:
             assert entry.task is not None
             entry.usage = await asyncio.to_thread(self.backend.usage, entry.task.result())
         sandbox = entry.task.result() if ready and entry.task is not None else None
