@@ -30,18 +30,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid router config {args.config}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: with polling that is several lines per endpoint per second.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if cfg.log_level == "debug" else logging.WARNING)
     import uvicorn
 
-    loop = "auto"  # uvloop and httptools when installed
+    from shoal.router.server import uvicorn_settings
+
+    try:
+        app = create_app(cfg)
+    except ValueError as exc:  # e.g. the upstream credential is configured but missing
+        print(f"router config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    loop = "auto"  # uvloop when installed
     uvicorn.run(
-        create_app(cfg),
+        app,
         host=args.host or cfg.listen.host,
         port=args.port or cfg.listen.port,
         loop=loop,
-        http="auto",
         log_level=cfg.log_level,
         access_log=False,
-        timeout_keep_alive=30,
+        **uvicorn_settings(cfg),
     )
     return 0
 

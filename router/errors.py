@@ -101,8 +101,9 @@ def all_engines_full(retry_after: str | None) -> RouterError:
 
 
 def body_timeout(timeout_s: float) -> RouterError:
+    # The rest of the body may still arrive: the connection cannot carry another request.
     return RouterError(408, f"Request body not received within {timeout_s:g} s.", "invalid_request_error",
-                       "request_timeout")
+                       "request_timeout", headers={"Connection": "close"})
 
 
 def http_error(status: int, detail: str) -> RouterError:

@@ -105,12 +105,25 @@ def _first_str(*values: Any) -> str | None:
     return None
 
 
+def _has_lone_surrogate(body: Any) -> bool:
+    # Only \uD800-\uDFFF escapes can produce one; re-encoding finds it at C speed.
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_request(kind: Kind, raw: bytes, headers: Mapping[str, str]) -> ParsedRequest:
     """Parse and check a body; raises RouterError (400) naming the problem."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_request("request body is nested too deeply") from None
+    if b"\\u" in raw and _has_lone_surrogate(body):
+        raise bad_request("request body contains a lone UTF-16 surrogate escape (not valid Unicode)")
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
     model = body.get("model")

@@ -130,9 +130,10 @@ def free_socket() -> socket.socket:
 class Served:
     """An ASGI app served by uvicorn in this event loop on 127.0.0.1 (a random port)."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, settings: dict[str, Any] | None = None) -> None:
         self.app = app
         self._port = port
+        self._settings = settings or {}
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.url = ""
@@ -141,7 +142,9 @@ class Served:
         sock = free_socket() if self._port is None else _bind(self._port)
         self._port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self._port}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1, **self._settings
+        )
         self.server = uvicorn.Server(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started:

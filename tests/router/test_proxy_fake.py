@@ -14,6 +14,7 @@ from _fakes import FakeEngine, Served
 
 from shoal.router.app import create_app
 from shoal.router.config import RouterConfig
+from shoal.router.server import uvicorn_settings
 
 
 def router_config(urls: list[str], **overrides: Any) -> RouterConfig:
@@ -43,7 +44,7 @@ class Harness:
             await s.start()
         cfg = router_config([s.url for s in self.servers], **self.overrides)
         self.app = create_app(cfg)
-        self.router = await Served(self.app).start()
+        self.router = await Served(self.app, settings=uvicorn_settings(cfg)).start()
         self.url = self.router.url
         await self.wait_ready()
         return self
