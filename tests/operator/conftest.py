@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shoal.operator.testing.api import Api, OperatorProcess, wait_for
+from shoal.operator.testing.fake_router import FakeRouters, FakeRouterServer
 from shoal.operator.testing.kmock_cluster import KmockCluster
 
 
@@ -27,10 +28,25 @@ def api(cluster: KmockCluster) -> Iterator[Api]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: KmockCluster, api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def router_server(cluster: KmockCluster) -> Iterator[FakeRouterServer]:
+    with FakeRouterServer(cluster.url) as server:
+        yield server
+
+
+@pytest.fixture
+def routers(router_server: FakeRouterServer) -> FakeRouters:
+    """What the (fake) routers report to the operator about their program classes."""
+    return router_server.routers
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: KmockCluster, api: Api, router_server: FakeRouterServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     # SHOAL_TEST_OPERATOR_LOG keeps the log somewhere pytest does not rotate away.
     log = Path(os.environ.get("SHOAL_TEST_OPERATOR_LOG") or tmp_path_factory.mktemp("operator") / "operator.log")
-    with OperatorProcess(cluster.kubeconfig, log) as op:
+    env = {"SHOAL_ROUTER_URL_TEMPLATE": router_server.url_template, "SHOAL_PROGRAM_STATUS_INTERVAL": "0.5"}
+    with OperatorProcess(cluster.kubeconfig, log, env) as op:
         wait_for(lambda: "Activity 'startup' succeeded" in op.log() or not op.alive(), 60, what="operator startup")
         assert op.alive(), op.log()[-3000:]
         yield op

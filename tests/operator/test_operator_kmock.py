@@ -28,6 +28,7 @@ from shoal.operator.kube import (
     SERVICES,
 )
 from shoal.operator.testing.api import Api, OperatorProcess, condition, wait_for
+from shoal.operator.testing.fake_router import FakeRouters
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
 pytestmark = pytest.mark.integration
@@ -81,12 +82,16 @@ def test_examples_become_children_and_status(api: Api, operator: OperatorProcess
     owner = dep["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "ModelPool" and owner["uid"] == api.get(MODELPOOLS, ns, "smollm2")["metadata"]["uid"]
 
-    # The AgentProgram is reflected in its router's config.
+    # The AgentProgram is in its router's classes file, and Ready once the router loaded it.
     wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "coder", "Ready") == "Available", what="program Ready")
+    classes = yaml.safe_load(api.get(CONFIGMAPS, ns, "shoal-router-classes")["data"]["classes.yaml"])["classes"]
+    assert [c["name"] for c in classes] == ["coder"] and classes[0]["priority"] == 70
+    assert classes[0]["sandbox"]["image"] == "python:3.12-slim"
+    # Its sandbox is a pod: the router's Role allows exactly the sandbox backend's calls.
+    rules = api.get(ROLES, ns, "shoal-router")["rules"]
+    assert {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]} in rules
     cm = api.get(CONFIGMAPS, ns, "shoal-router")
-    assert cm is not None
-    programs = yaml.safe_load(cm["data"]["programs.yaml"])["programs"]
-    assert [p["name"] for p in programs] == ["coder"] and programs[0]["priority"] == 70
+    assert cm is not None and set(cm["data"]) == {"router.yaml"}
     router_yaml = yaml.safe_load(cm["data"]["router.yaml"])
     assert [p["name"] for p in router_yaml["pools"]] == ["smollm2", "qwen-7b"]
 
@@ -178,8 +183,8 @@ def test_delete_cleans_up_children(api: Api, operator: OperatorProcess) -> None:
     api.delete(AGENTPROGRAMS, ns, "agents")
 
     def program_gone() -> bool:
-        cm = api.get(CONFIGMAPS, ns, "front-router")
-        return cm is not None and yaml.safe_load(cm["data"]["programs.yaml"])["programs"] == []
+        cm = api.get(CONFIGMAPS, ns, "front-router-classes")
+        return cm is not None and yaml.safe_load(cm["data"]["classes.yaml"])["classes"] == []
 
     wait_for(program_gone, what="program removed from the router config")
 
@@ -208,6 +213,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (program("two-sandboxes", router="ok", model="ok-model", sandbox={"image": "i", "command": ["c"]}),
      "SandboxInvalid"),
     (program("wrong-model", router="ok", model="gpt-9"), "ModelNotServed"),
+    (program("local-sandbox", router="ok", model="ok-model", sandbox={"command": ["true"]}), "FeatureNotSupported"),
+    (router("no-programs", pools=[{"name": "ok"}], programs={"enabled": False}), "FeatureNotSupported"),
 ]  # fmt: skip
 
 
@@ -236,3 +243,61 @@ def test_invalid_specs_get_conditions_and_no_children(api: Api, operator: Operat
     assert operator.alive()
     api.create(pool("after", model={**OK_POOL, "servedModelName": "after"}), ns)
     wait_for(lambda: api.get(DEPLOYMENTS, ns, "after-engine"), what="a valid pool after the invalid ones")
+
+
+def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: OperatorProcess,
+                                                         routers: FakeRouters) -> None:  # fmt: skip
+    """Issue 9, acceptance 4 (operator side): an AgentProgram reaches the router's classes
+    ConfigMap, the router pods are not rolled, and Ready follows what the router reports."""
+    ns = "live-classes"
+    api.create(pool("chat"), ns)
+    api.create(router("front", pools=[{"name": "chat"}], programs={"kvHighWatermark": 0.8, "tickSeconds": 0.25}), ns)
+    digest = wait_for(lambda: config_hash(api, ns, "front"), what="router deployment")
+    router_yaml = yaml.safe_load(api.get(CONFIGMAPS, ns, "front-router")["data"]["router.yaml"])
+    assert router_yaml["programs"]["classesFile"] == "/etc/shoal/router-classes/classes.yaml"
+    assert (router_yaml["programs"]["highWatermark"], router_yaml["programs"]["tickS"]) == (0.8, 0.25)
+    with routers.lock:
+        routers.frozen[(ns, "front")] = []  # the router has not reloaded its classes file yet
+
+    sandbox = {"image": "python:3.12-slim", "resources": {"limits": {"memory": "256Mi"}}}
+    tools = [{"name": "run", "command": ["python3", "-c", "print(1)"], "timeoutSeconds": 5}]
+    api.create(program("agents", router="front", model="chat-model", priority=80, sandbox=sandbox, tools=tools), ns)
+
+    def classes() -> list[dict[str, Any]]:
+        cm = api.get(CONFIGMAPS, ns, "front-router-classes")
+        return yaml.safe_load(cm["data"]["classes.yaml"])["classes"] if cm else []
+
+    [cls] = wait_for(classes, what="the class in the router's classes ConfigMap")
+    agents = api.get(AGENTPROGRAMS, ns, "agents")
+    assert cls["owner"] == {"apiVersion": "shoal.dev/v1alpha1", "kind": "AgentProgram", "name": "agents",
+                            "uid": agents["metadata"]["uid"], "namespace": ns}  # fmt: skip
+    assert cls["sandbox"]["resources"]["memoryBytes"] == 256 << 20 and cls["tools"][0]["timeoutS"] == 5
+    # Not loaded by the router yet: not Ready, and says why.
+    wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "ClassNotLoaded", what="ClassNotLoaded")
+    assert condition(api.get(AGENTPROGRAMS, ns, "agents"), "Ready")["status"] == "False"
+    # The router pods were not rolled: the class is not in the config hash.
+    assert config_hash(api, ns, "front") == digest
+
+    # The router reloads its file (the kubelet updated the mounted ConfigMap) and reports counts.
+    with routers.lock:
+        del routers.frozen[(ns, "front")]
+        routers.counts[(ns, "agents")] = {"active": 3, "paused": 1, "queued": 2, "steps_per_minute": 42.5}
+    wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "Available", what="program Ready")
+    status = wait_for(lambda: (s := api.get(AGENTPROGRAMS, ns, "agents")["status"]).get("activePrograms") == 3 and s,
+                      what="program counts")  # fmt: skip
+    assert (status["pausedPrograms"], status["queuedPrograms"], status["stepsPerMinute"]) == (1, 2, 42.5)
+    # The counts follow the router.
+    with routers.lock:
+        routers.counts[(ns, "agents")] = {"active": 0, "queued": 0, "steps_per_minute": 0}
+    wait_for(lambda: api.get(AGENTPROGRAMS, ns, "agents")["status"].get("activePrograms") == 0, what="new counts")
+
+    # A spec change updates the class in place; still no rollout.
+    api.patch(AGENTPROGRAMS, ns, "agents", {"spec": {"priority": 20}})
+    wait_for(lambda: [c["priority"] for c in classes()] == [20], what="class updated")
+    assert config_hash(api, ns, "front") == digest
+    assert api.get(DEPLOYMENTS, ns, "front-router")["metadata"]["generation"] == 1
+    # Deleted: gone from the file, and the router's Role no longer grants sandbox pods.
+    api.delete(AGENTPROGRAMS, ns, "agents")
+    wait_for(lambda: classes() == [], what="class removed")
+    wait_for(lambda: len(api.get(ROLES, ns, "front-router")["rules"]) == 1, what="sandbox rights revoked")
+    assert config_hash(api, ns, "front") == digest
