@@ -21,6 +21,7 @@ from shoal.router.config import RouterConfig
 from shoal.router.discovery import EndpointSource
 from shoal.router.errors import RouterError, http_error
 from shoal.router.metrics import RouterMetrics
+from shoal.router.peers import PeerSet, forwarding_secret, program_id_of_path
 from shoal.router.pool import PoolRuntime
 from shoal.router.proxy import ProxyEndpoint, Services
 from shoal.router.reliability import httpx_timeout
@@ -58,10 +59,16 @@ def build_services(
         p.name: PoolRuntime(p, cfg, client, metrics, metrics, source=(sources or {}).get(p.name))
         for p in cfg.pools
     }
+    upstream = UpstreamClient(cfg.timeouts.connect_s, cfg.limits.max_keepalive_connections)
+    peers = None
+    if cfg.peers is not None:
+        secret = forwarding_secret(cfg.programs.forwarded_secret_env)
+        peers = PeerSet(cfg.peers, client, upstream, cfg.timeouts, metrics.registry, secret)
     return Services(
         cfg=cfg,
         client=client,
-        upstream=UpstreamClient(cfg.timeouts.connect_s, cfg.limits.max_keepalive_connections),
+        upstream=upstream,
+        peers=peers,
         pools=pools,
         routes=RouteTable(cfg),
         keys=KeyStore(cfg.auth),
@@ -91,6 +98,13 @@ class FastPath:
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return
+        peers = self.services.peers
+        if peers is not None and scope["type"] == "http" and program_id_of_path(scope["path"]) is not None:
+            limit = self.services.cfg.limits.max_body_bytes
+            forwarded = await peers.forward_program_route(scope, receive, send, limit)
+            if forwarded is None:
+                return  # the replica owning the program answered
+            receive = forwarded
         await self.app(scope, receive, send)
 
 
@@ -103,6 +117,8 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for pool in s.pools.values():
             await pool.start()
+        if s.peers is not None:
+            await s.peers.start()
         # Long-lived startup objects leave the collector's view: full collections stay short,
         # which keeps them out of the tail latency of requests.
         gc.collect()
@@ -110,6 +126,8 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
         try:
             yield
         finally:
+            if s.peers is not None:
+                await s.peers.stop()
             for pool in s.pools.values():
                 await pool.stop()
             await s.client.aclose()

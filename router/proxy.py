@@ -35,6 +35,7 @@ from shoal.router.errors import (
 )
 from shoal.router.metrics import RouterMetrics
 from shoal.router.openai_request import PROGRAM_HEADER, SESSION_HEADER, Kind, ParsedRequest, parse_request
+from shoal.router.peers import PeerSet
 from shoal.router.picking.runner import NoEndpointError
 from shoal.router.picking.types import PickRequest
 from shoal.router.pool import PoolRuntime
@@ -78,6 +79,8 @@ class Services:
     """The router's own credential, sent on every upstream request."""
     hashing: ThreadPoolExecutor
     """Prompt templating + tokenization for prefix hashing runs here, off the event loop."""
+    peers: PeerSet | None = None
+    """The other router replicas (program ownership); None: this router owns every program."""
 
 
 class _ClientGone(Exception):
@@ -169,6 +172,9 @@ class ProxyEndpoint:
         try:
             parsed, key_name = await self._admit(scope, receive, headers)
             watcher = asyncio.create_task(watch_disconnect())
+            peers = self.s.peers
+            if peers is not None and await peers.forward(parsed.program_id, self.path, parsed.raw, headers, tracked_send):
+                return  # another replica owns this program (its state lives there)
             await self._serve(parsed, key_name, headers, tracked_send, started)
         except RouterError as err:
             self.s.metrics.rejected.labels(str(err.status)).inc()
@@ -196,6 +202,8 @@ class ProxyEndpoint:
         name = s.keys.authenticate(headers)
         raw = await _read_body(receive, headers, s.cfg.limits.max_body_bytes, self.timeouts.client_body_s)
         parsed = parse_request(self.kind, raw, headers)
+        if s.peers is not None and s.peers.owned_elsewhere(parsed.program_id, headers):
+            return parsed, name  # the owning replica charges the rate limit
         client = scope.get("client")
         key = name if name is not None else "addr:" + (client[0] if client else "unknown")
         s.limiter.check(key, tokens=len(raw) // 4 + (parsed.max_tokens or _DEFAULT_MAX_TOKENS))
