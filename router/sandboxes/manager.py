@@ -33,7 +33,11 @@ class UnknownTool(SandboxError):
 
 
 class SandboxLimitReached(SandboxError):
-    """The sandbox (or the router) is at a configured limit; the message names it."""
+    """The router holds as many sandboxes as it may (``maxSandboxes``); may clear later."""
+
+
+class SandboxDiskFull(SandboxError):
+    """The program's sandbox uses more disk than its class allows; it stays refused until released."""
 
 
 @dataclass(eq=False)
@@ -177,7 +181,7 @@ class SandboxManager:
         try:
             async with entry.lock:
                 if entry.over_disk is not None:
-                    raise SandboxLimitReached(
+                    raise SandboxDiskFull(
                         f"the sandbox uses {entry.over_disk} bytes of disk, over its limit of "
                         f"{cls.sandbox.resources.disk_bytes if cls.sandbox else 0}; release the program"
                     )

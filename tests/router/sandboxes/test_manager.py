@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from _sandbox_helpers import FakeBackend, FakeClock, make_class
 
-from shoal.router.sandboxes.manager import SandboxLimitReached, SandboxManager, UnknownTool
+from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager, UnknownTool
 from shoal.router.sandboxes.settings import SandboxSettings
 
 
@@ -128,5 +128,5 @@ async def test_limits_unknown_tool_and_lowered_call_limits() -> None:
         await m.run_tool("p2", cls, "sh", b"")
     backend.disk = 2 << 20
     await m.run_tool("p1", cls, "sh", b"")  # this call fills the disk ...
-    with pytest.raises(SandboxLimitReached, match="over its limit"):  # ... the next one is refused
+    with pytest.raises(SandboxDiskFull, match="over its limit"):  # ... the next one is refused
         await m.run_tool("p1", cls, "sh", b"")
