@@ -20,6 +20,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
+from shoal.engine.chat_tokens import encode_chat_messages
+
 PAYLOAD_VERSION = 1
 
 # GGUF token types (llama.cpp ``llama_token_type``).
@@ -80,6 +82,9 @@ class Tokenizer:
         )
         if add_bos_token is not None or add_eos_token is not None:
             self._install_post_processor(bool(add_bos_token), bool(add_eos_token))
+        self._text_backend: HFTokenizer | None = None
+        self._max_token_bytes: int | None = None
+        self._special_strings: list[str] | None = None
 
     # construction ---------------------------------------------------------------------------------
 
@@ -239,6 +244,31 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
+    def encode_as_text(self, text: str) -> list[int]:
+        """Like ``encode(text, add_special_tokens=False)`` but special-token text stays text."""
+        if self._text_backend is None:
+            # a copy: the flag is per tokenizer, and other threads encode with the original
+            backend = HFTokenizer.from_str(self._backend.to_str())
+            backend.encode_special_tokens = True
+            self._text_backend = backend
+        return list(self._text_backend.encode(text, add_special_tokens=False).ids)
+
+    @property
+    def special_token_strings(self) -> list[str]:
+        """The text of every special (control) token."""
+        if self._special_strings is None:
+            decoder = self._backend.get_added_tokens_decoder()
+            self._special_strings = [t.content for t in decoder.values() if t.special]
+        return self._special_strings
+
+    @property
+    def max_token_bytes(self) -> int:
+        """UTF-8 length of the longest token string: no token covers more bytes of input text."""
+        if self._max_token_bytes is None:
+            vocab = self._backend.get_vocab(with_added_tokens=True)
+            self._max_token_bytes = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        return self._max_token_bytes
+
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
@@ -282,9 +312,17 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         **kwargs: Any,
     ) -> list[int]:
-        """Token ids of the rendered conversation (no extra BOS: the template writes its own)."""
-        text = self.apply_chat_template(messages, tools, add_generation_prompt, **kwargs)
-        return self.encode(text, add_special_tokens=False)
+        """Token ids of the rendered conversation (no extra BOS: the template writes its own).
+
+        Special-token text inside message contents is encoded as text (no forged turns).
+        """
+        return encode_chat_messages(
+            messages,
+            lambda msgs: self.apply_chat_template(msgs, tools, add_generation_prompt, **kwargs),
+            lambda text: self.encode(text, add_special_tokens=False),
+            self.encode_as_text,
+            self.special_token_strings,
+        )
 
     # internals ------------------------------------------------------------------------------------
 
