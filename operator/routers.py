@@ -10,7 +10,13 @@ from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
 from shoal.operator.builders.common import Owner, config_hash
 from shoal.operator.builders.program_class import ClassError, cluster_problem, owner_ref, program_class
 from shoal.operator.builders.router import endpoint_url, router_children
-from shoal.operator.builders.router_config import RenderError, kubernetes_endpoints, render, served_models
+from shoal.operator.builders.router_config import (
+    RenderError,
+    kubernetes_endpoints,
+    kubernetes_peers,
+    render,
+    served_models,
+)
 from shoal.operator.context import (
     Ctx,
     NotReady,
@@ -77,7 +83,8 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
         raise NotReady(Reason.POOL_NOT_READY, f"ModelPool with an invalid spec: {', '.join(broken)}")
     classes = await program_classes(ctx, owner.namespace, owner.name, served_models(spec, pools))
     try:
-        rendered = render(spec, pools, classes, kubernetes_endpoints(owner.namespace))
+        peers = kubernetes_peers(owner.namespace, owner.name)
+        rendered = render(spec, pools, classes, kubernetes_endpoints(owner.namespace), peers=peers)
     except RenderError as exc:
         if exc.reason == Reason.POOL_NOT_FOUND:
             raise NotReady(exc.reason, exc.message) from None

@@ -64,6 +64,9 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_keys_secret.name}})
     env: list[dict[str, Any]] = []
+    if spec.replicas > 1:
+        # Program ownership: each replica tells the others its own address (peers.self).
+        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     if rendered.upstream_key is not None:
         key = rendered.upstream_key
         env.append({"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}})

@@ -74,6 +74,15 @@ def kubernetes_endpoints(namespace: str) -> EndpointsFor:
     return endpoints
 
 
+def kubernetes_peers(namespace: str, router: str) -> dict[str, Any]:
+    """Router replicas find each other as the Router's ready pods (program ownership by hashing);
+    each replica's own URL comes from its ``POD_IP`` (downward API)."""
+    from shoal.operator.builders.common import LABEL_COMPONENT, LABEL_ROUTER, ROUTER_PORT
+
+    selector = f"{LABEL_ROUTER}={router},{LABEL_COMPONENT}=router"
+    return {"kubernetes": {"namespace": namespace, "labelSelector": selector, "resource": "pods", "port": ROUTER_PORT}}
+
+
 def _plugin(p: Plugin) -> dict[str, Any]:
     out: dict[str, Any] = {"type": p.type, "weight": p.weight}
     if p.params:
@@ -130,10 +139,13 @@ def render_router_config(
     api_keys_path: str | None = None,
     classes_file: str = f"{CLASSES_DIR}/{CLASSES_KEY}",
     upstream_key_env: str | None = None,
+    peers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The router config as a camelCase dict, validated by ``RouterConfig``.
 
     ``pools`` maps every pool the router names to its spec, or None when no such ModelPool exists.
+    ``peers`` is how replicas find each other; rendered only with more than one replica (one
+    replica owns every program, and needs no membership).
     Raises RenderError (PoolNotFound, ConfigInvalid).
     """
     missing = [p.name for p in spec.pools if pools.get(p.name) is None]
@@ -160,6 +172,8 @@ def render_router_config(
         raw["auth"] = {"apiKeysFile": api_keys_path or API_KEYS_DIR}
     if upstream_key_env is not None:
         raw["upstream"] = {"apiKeyEnv": upstream_key_env}
+    if peers is not None and spec.replicas > 1:
+        raw["peers"] = peers
     if spec.rate_limits is not None:
         raw["rateLimits"] = spec.rate_limits.model_dump(by_alias=True, exclude_none=True)
     try:

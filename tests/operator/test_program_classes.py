@@ -208,3 +208,21 @@ def test_router_role_grants_sandbox_verbs_only_for_image_sandboxes() -> None:
     # Exactly what the sandbox backend documents it calls.
     assert _rbac_md_rules() == SANDBOX_RULES
     kubernetes_validate.validate(with_pods, "1.32.0", strict=True)
+
+
+def test_router_replicas_find_each_other_for_program_ownership() -> None:
+    from shoal.operator.builders.router_config import kubernetes_peers
+
+    peers = kubernetes_peers("team", "front")
+    for replicas, expected in ((1, False), (2, True)):
+        spec = RouterSpec.model_validate({"pools": [{"name": "chat"}], "replicas": replicas})
+        rendered = render(spec, POOLS, [], kubernetes_endpoints("team"), peers=peers)
+        config = RouterConfig.model_validate(yaml.safe_load(rendered.router_yaml))
+        assert (config.peers is not None) == expected
+        dep = next(c for c in router_children(OWNER, spec, rendered, Images()) if c["kind"] == "Deployment")
+        env = dep["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        assert ({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in env) == expected
+        if config.peers is not None:
+            assert config.peers.kubernetes is not None
+            assert config.peers.kubernetes.label_selector == "shoal.dev/router=front,app.kubernetes.io/component=router"
+            assert config.peers.kubernetes.port == 8080 and config.peers.kubernetes.namespace == "team"
