@@ -117,7 +117,10 @@ def plan_stack(
         files[folder / "router.yaml"] = rendered.router_yaml
         files[folder / CLASSES_KEY] = rendered.classes_yaml
         upstream = rendered.upstream_key
-        router_env = ((UPSTREAM_KEY_ENV, stack.secrets[upstream.name][upstream.key]),) if upstream else ()
+        # The local sandbox backend keeps its directories (and finds its orphans) under the state dir.
+        router_env: tuple[tuple[str, str], ...] = (("SHOAL_STATE_DIR", str(folder)),)
+        if upstream is not None:
+            router_env += ((UPSTREAM_KEY_ENV, stack.secrets[upstream.name][upstream.key]),)
         processes.append(
             ProcessSpec(
                 f"router/{name}",

@@ -42,7 +42,7 @@ def write(folder: Path, *docs: dict) -> Path:
 
 def test_local_examples_load() -> None:
     stack = load_stack([REPO / "crds" / "examples" / "local"])
-    assert list(stack.pools) == ["smollm2"] and list(stack.routers) == ["local"]
+    assert list(stack.pools) == ["smollm2"] and list(stack.routers) == ["local"] and list(stack.programs) == ["coder"]
     assert stack.pools["smollm2"].replicas == 1
 
 
@@ -101,7 +101,8 @@ def test_plan(tmp_path: Path) -> None:
     assert config["programs"]["classesFile"] == str(classes_file)
     classes = yaml.safe_load(plan.files[classes_file])["classes"]
     assert [(c["name"], c["model"]) for c in classes] == [("coder", "smol-chat")]
-    assert all(not p.env for p in plan.processes)  # keyless engines: no credentials anywhere
+    assert all(not p.env for p in plan.processes[:-1])  # keyless engines: no credentials anywhere
+    assert plan.processes[-1].env == (("SHOAL_STATE_DIR", str(tmp_path / "s" / "routers" / "front")),)
     assert plan.endpoints == {"front": "http://127.0.0.1:8088/v1"}
     assert plan.api_keys == {"front": "sk-alice"} and plan.models == {"front": "smol-chat"}
     assert plan.notes and "autoscaling is not emulated" in plan.notes[0]
@@ -114,7 +115,7 @@ def test_plan_passes_the_engine_key_by_environment(tmp_path: Path) -> None:
     for process in plan.processes:
         assert "sk-alice" not in " ".join(process.argv)
     assert plan.processes[0].env == (("SHOAL_API_KEY", "sk-alice"),)
-    assert plan.processes[-1].env == (("SHOAL_UPSTREAM_API_KEY", "sk-alice"),)
+    assert ("SHOAL_UPSTREAM_API_KEY", "sk-alice") in plan.processes[-1].env
     config = yaml.safe_load(plan.files[tmp_path / "s" / "routers" / "front" / "router.yaml"])
     assert config["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
 
