@@ -23,6 +23,7 @@ from server_fakes import FakeEngine
 
 from shoal.engine.server.api_server import create_app
 from shoal.engine.server.async_engine import AsyncEngine
+from shoal.engine.server.http_limits import uvicorn_config
 from shoal.engine.server.serving import ServerSettings
 from support.processes import wait_healthy
 
@@ -41,10 +42,17 @@ def build_app(engine: FakeEngine | None = None, **settings: Any) -> Any:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+def serve_in_thread(app: Any, limits: ServerSettings | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL.
+
+    With ``limits``, uvicorn runs as ``serve`` runs it (the engine's HTTP protocol limits).
+    """
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    if limits is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        config = uvicorn_config(app, limits, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
