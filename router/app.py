@@ -23,6 +23,8 @@ from shoal.router.errors import RouterError, http_error
 from shoal.router.metrics import RouterMetrics
 from shoal.router.peers import PeerSet, forwarding_secret, program_id_of_path
 from shoal.router.pool import PoolRuntime
+from shoal.router.programs.api import register_program_routes
+from shoal.router.programs.gateway import ProgramGateway
 from shoal.router.proxy import ProxyEndpoint, Services
 from shoal.router.reliability import httpx_timeout
 from shoal.router.routes import RouteTable
@@ -64,10 +66,15 @@ def build_services(
     if cfg.peers is not None:
         secret = forwarding_secret(cfg.programs.forwarded_secret_env)
         peers = PeerSet(cfg.peers, client, upstream, cfg.timeouts, metrics.registry, secret)
+    programs = ProgramGateway(
+        cfg.programs, pools=pools, client=client, upstream_auth=upstream_auth_headers(upstream_key),
+        call_timeout_s=cfg.timeouts.total_s, registry=metrics.registry,
+    )
     return Services(
         cfg=cfg,
         client=client,
         upstream=upstream,
+        programs=programs,
         peers=peers,
         pools=pools,
         routes=RouteTable(cfg),
@@ -119,6 +126,8 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
             await pool.start()
         if s.peers is not None:
             await s.peers.start()
+        if s.programs is not None:
+            await s.programs.start()
         # Long-lived startup objects leave the collector's view: full collections stay short,
         # which keeps them out of the tail latency of requests.
         gc.collect()
@@ -126,6 +135,8 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
         try:
             yield
         finally:
+            if s.programs is not None:
+                await s.programs.stop()
             if s.peers is not None:
                 await s.peers.stop()
             for pool in s.pools.values():
@@ -146,6 +157,9 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
     }
     for path, endpoint in proxies.items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
+
+    if s.programs is not None:
+        register_program_routes(app, s.programs, s.keys, s.tenancy)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

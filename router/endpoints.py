@@ -8,6 +8,7 @@ from typing import Protocol
 
 from shoal.router.config import CircuitBreakerConfig
 from shoal.router.picking.types import Candidate, EndpointMetrics
+from shoal.router.programs.state import EngineCapacity
 from shoal.router.reliability import CircuitBreaker
 
 RUNNING = "vllm:num_requests_running"
@@ -63,12 +64,46 @@ def parse_engine_metrics(text: str) -> tuple[float, float, float] | None:
     return found.get(RUNNING, 0.0), found.get(WAITING, 0.0), min(max(kv, 0.0), 1.0)
 
 
+_KV_NAMES = {
+    "shoal:kv_blocks_total": "total_blocks",
+    "shoal:free_blocks": "free_blocks",
+    "shoal:kv_blocks_cached": "cached_blocks",
+    "shoal:pinned_blocks": "pinned_blocks",
+    "shoal:kv_block_size": "block_size",
+}
+
+
+def parse_kv_capacity(text: str) -> EngineCapacity | None:
+    """The engine's KV pool (``shoal:`` metrics, series summed) for the program scheduler;
+    None when it reports no ``shoal:kv_blocks_total`` (not a Shoal engine, or an old one)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("shoal:"):
+            continue
+        name, _, rest = line.partition("{" if "{" in line.split(" ", 1)[0] else " ")
+        field = _KV_NAMES.get(name)
+        if field is None:
+            continue
+        try:
+            value = float(rest.rsplit("}", 1)[-1].split()[0])
+        except (ValueError, IndexError):
+            continue
+        if value == value:  # not NaN
+            found[field] = found.get(field, 0.0) + value
+    if "total_blocks" not in found:
+        return None
+    values = {k: int(v) for k, v in found.items()}
+    values["block_size"] = max(1, values.get("block_size", 16))
+    return EngineCapacity(**values)
+
+
 class EndpointState:
     """Everything the router knows about one engine replica. Mutated only on the event loop."""
 
     __slots__ = (
         "breaker",
         "inflight",
+        "kv_capacity",
         "metrics",
         "models",
         "pool",
@@ -86,9 +121,13 @@ class EndpointState:
         self.inflight = 0
         self.sent_since_scrape = 0
         self.models: frozenset[str] | None = None
+        self.kv_capacity: EngineCapacity | None = None
+        """The engine's KV pool from the latest scrape (program scheduling); None: unknown."""
 
     def set_metrics(self, values: tuple[float, float, float] | None, at: float) -> None:
         self.metrics = values
+        if values is None:
+            self.kv_capacity = None
         self.scraped_at = at
         self.sent_since_scrape = 0
 

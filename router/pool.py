@@ -15,7 +15,13 @@ import httpx
 
 from shoal.router.config import PoolConfig, RouterConfig
 from shoal.router.discovery import EndpointSource, make_source
-from shoal.router.endpoints import EndpointObserver, EndpointSet, EndpointState, parse_engine_metrics
+from shoal.router.endpoints import (
+    EndpointObserver,
+    EndpointSet,
+    EndpointState,
+    parse_engine_metrics,
+    parse_kv_capacity,
+)
 from shoal.router.picking.prefix_index import PrecisePrefixIndex
 from shoal.router.picking.registry import PluginContext, build_runner, make_prefix_index
 from shoal.router.picking.runner import PickObserver, PickRunner
@@ -177,6 +183,7 @@ class PoolRuntime:
         except httpx.HTTPError:
             return  # metrics go stale; liveness is /health's to say
         state.set_metrics(parse_engine_metrics(resp.text) if resp.status_code == 200 else None, taken_at)
+        state.kv_capacity = parse_kv_capacity(resp.text) if resp.status_code == 200 else None
         if want_models:
             await self._fetch_models(state)
         if want_digest:

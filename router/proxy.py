@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -39,6 +39,8 @@ from shoal.router.peers import PeerSet
 from shoal.router.picking.runner import NoEndpointError
 from shoal.router.picking.types import PickRequest
 from shoal.router.pool import PoolRuntime
+from shoal.router.programs.gateway import CallTicket, ProgramGateway
+from shoal.router.programs.response import ResponseObserver
 from shoal.router.reliability import SERVER_ERROR_STATUS, RetryPolicy
 from shoal.router.routes import RouteTable
 from shoal.router.tenancy import PRIORITY_HEADER, SALT_HEADER, TENANT_HEADER, Tenancy
@@ -79,6 +81,8 @@ class Services:
     """The router's own credential, sent on every upstream request."""
     hashing: ThreadPoolExecutor
     """Prompt templating + tokenization for prefix hashing runs here, off the event loop."""
+    programs: ProgramGateway | None = None
+    """Agent-program scheduling (requests with a program id); None: every request is one-off."""
     peers: PeerSet | None = None
     """The other router replicas (program ownership); None: this router owns every program."""
 
@@ -262,7 +266,12 @@ class ProxyEndpoint:
         priority = self._priority(parsed, key_name)
         resolved = s.routes.resolve(parsed.model, parsed.prompt_text, parsed.program_id or parsed.session_id)
         pool = s.pools[resolved.pool]
-        digest = await self._digest(pool, parsed, salt) if pool.needs_hashes else None
+        programs = s.programs if parsed.program_id is not None else None
+        digest = await self._digest(pool, parsed, salt) if pool.needs_hashes or programs else None
+        ticket = await programs.before_call(parsed, headers, tenant, pool, digest) if programs else None
+        if ticket is not None:
+            parsed = replace(parsed, body=ticket.upstream_body(parsed.body), raw=b"")
+            priority = ticket.priority if priority is None else priority
         pick_req = PickRequest(
             request_id=headers.get("x-request-id") or uuid.uuid4().hex,
             model=resolved.forward_model,
@@ -274,11 +283,23 @@ class ProxyEndpoint:
             content_key=digest.content_key if digest else "",
         )
         out_headers = self._upstream_headers(headers, tenant, priority)
-        attempt = await self._attempts(parsed, resolved.forward_model, pool, pick_req, out_headers, started)
-        if parsed.stream and attempt.resp.status == 200:
-            await self._relay_stream(attempt, send, started)
-        else:
-            await self._relay_body(attempt, send, started)
+        try:
+            allowed = ticket.engines if ticket is not None else None
+            attempt = await self._attempts(parsed, resolved.forward_model, pool, pick_req, out_headers, started, allowed)
+            observer = self._program_routed(ticket, attempt.url)
+            if parsed.stream and attempt.resp.status == 200:
+                await self._relay_stream(attempt, send, started, observer)
+            else:
+                await self._relay_body(attempt, send, started, observer)
+        finally:
+            if ticket is not None and s.programs is not None:
+                s.programs.after_call(ticket)
+
+    def _program_routed(self, ticket: CallTicket | None, url: str) -> ResponseObserver | None:
+        if ticket is None or self.s.programs is None:
+            return None
+        self.s.programs.routed(ticket, url)
+        return ticket.observer
 
     async def _attempts(
         self,
@@ -288,6 +309,7 @@ class ProxyEndpoint:
         pick_req: PickRequest,
         out_headers: dict[str, str],
         started: float,
+        allowed: frozenset[str] | None = None,
     ) -> _Attempt:
         """Try endpoints until one gives a first byte; retries only what the client has not seen.
 
@@ -306,6 +328,8 @@ class ProxyEndpoint:
         idle_s = self.timeouts.idle_s
         for attempt_no in range(max_attempts):
             candidates = [c for c in pool.endpoints.candidates() if c.url not in tried]
+            if allowed is not None:  # a program's engines; when all of them failed it moves on
+                candidates = [c for c in candidates if c.url in allowed] or candidates
             try:
                 result = await pool.runner.pick(pick_req, candidates)
             except NoEndpointError as exc:
@@ -391,7 +415,9 @@ class ProxyEndpoint:
                 out.append((name.encode("latin-1"), value.encode("latin-1")))
         return out
 
-    async def _relay_body(self, attempt: _Attempt, send: Send, started: float) -> None:
+    async def _relay_body(
+        self, attempt: _Attempt, send: Send, started: float, observer: ResponseObserver | None = None
+    ) -> None:
         resp = attempt.resp
         try:
             remaining = max(0.001, self.timeouts.total_s - (time.perf_counter() - started))
@@ -411,10 +437,14 @@ class ProxyEndpoint:
             raise
         resp.close()
         self._finish(attempt, resp.status, started, resp.status < 500)
+        if observer is not None and resp.status == 200:
+            observer.feed_body(body)
         await send({"type": "http.response.start", "status": resp.status, "headers": self._response_headers(resp)})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _relay_stream(self, attempt: _Attempt, send: Send, started: float) -> None:
+    async def _relay_stream(
+        self, attempt: _Attempt, send: Send, started: float, observer: ResponseObserver | None = None
+    ) -> None:
         """Pass SSE chunks through as they arrive; an upstream failure ends the stream with an error event."""
         resp = attempt.resp
         deadline = started + self.timeouts.total_s
@@ -422,9 +452,13 @@ class ProxyEndpoint:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._response_headers(resp)})
             if attempt.first:
+                if observer is not None:
+                    observer.feed_chunk(attempt.first)
                 await send({"type": "http.response.body", "body": attempt.first, "more_body": True})
             try:
                 async for chunk in attempt.chunks:
+                    if observer is not None:
+                        observer.feed_chunk(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if time.perf_counter() > deadline:
                         raise TimeoutError
