@@ -52,9 +52,20 @@ async def startup(
     check_secrets = os.environ.get("SHOAL_CHECK_SECRETS", "true").lower() in ("1", "true", "yes")
     fetcher = HttpClassesFetcher()
     memo.ctx = Ctx(kube=kube, images=images, keda=keda, check_secrets=check_secrets, fetch_classes=fetcher)
-    interval = float(os.environ.get("SHOAL_PROGRAM_STATUS_INTERVAL", "10"))
+    interval = _positive_seconds("SHOAL_PROGRAM_STATUS_INTERVAL", 10.0)
     memo.program_status_task = asyncio.create_task(poll_program_statuses(memo.ctx, interval))
     logger.info("shoal operator: autoscaling via %s", "KEDA" if keda else "HPA")
+
+
+def _positive_seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise kopf.PermanentError(f"{env}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 @kopf.on.cleanup()

@@ -74,6 +74,7 @@ def test_default_render_validates(helm: Path) -> None:
     assert "--namespace" not in " ".join(container["args"])
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["SHOAL_ENGINE_IMAGE"] == "ghcr.io/shoal-dev/shoal-engine:0.1.0"
+    assert env["SHOAL_PROGRAM_STATUS_INTERVAL"] == "10"
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"].endswith("-workloads"))
     assert binding["subjects"][0]["name"] == "rel-shoal-operator"
@@ -149,6 +150,7 @@ def test_rbac_covers_exactly_what_the_operator_writes(helm: Path) -> None:
         (["rbac.create=false"], "leaves the operator without permissions"),
         (["operator.replicas=2"], "replicas"),
         (["operator.logLevel=loud"], "logLevel"),
+        (["operator.programStatusIntervalSeconds=0"], "programStatusIntervalSeconds"),
         (["operator.surprise=1"], "surprise"),
         (["defaultRouter.enabled=true", "defaultRouter.pools={chat}", "operator.watchNamespaces={team-a}"],
          "does not include"),
