@@ -226,8 +226,7 @@ class ServingContext:
                 skip_special_tokens=req.skip_special_tokens,
             )
         except ValueError as exc:
-            param = next((p for p in ("min_tokens", "seed", "top_k", "max_tokens") if p in str(exc)), None)
-            raise bad_request(str(exc), param=param) from exc
+            raise bad_request(str(exc), param=_param_named(str(exc))) from exc
 
     async def submit(
         self,
@@ -266,7 +265,7 @@ class ServingContext:
                     code="context_length_exceeded",
                 ) from exc
             if isinstance(exc, ValueError):
-                raise bad_request(str(exc)) from exc
+                raise bad_request(str(exc), param=_param_named(str(exc))) from exc
             if isinstance(exc, EngineDeadError):
                 raise unavailable(str(exc), "engine_unavailable") from exc
             raise
@@ -283,6 +282,14 @@ class ServingContext:
             text = self.tokenizer.decode([token_id], skip_special_tokens=False)
             self._token_text[token_id] = text
         return text
+
+
+_PARAMS = ("stop_token_ids", "min_tokens", "max_tokens", "seed", "top_k", "top_p", "min_p", "logprobs")
+
+
+def _param_named(message: str) -> str | None:
+    """The request parameter an engine ValueError is about (its messages start with the name)."""
+    return next((p for p in _PARAMS if message.startswith(p)), None)
 
 
 def new_id(prefix: str) -> str:
