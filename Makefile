@@ -63,6 +63,11 @@ bench-routing: $(STAMP)
 bench-operator: $(STAMP)
 	$(PY) bench/operator_scale.py
 
+# Program-aware scheduling vs ThunderAgent & co. on a simulated fleet (issue 9); --quick: < 60 s.
+.PHONY: bench-programs
+bench-programs: $(STAMP)
+	$(PY) bench/programs.py
+
 # On a machine with an NVIDIA GPU (not run by CI).
 gpu-check:
 	bash bench/gpu_check.sh

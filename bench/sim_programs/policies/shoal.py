@@ -18,6 +18,8 @@ from shoal.router.programs.state import EngineCapacity
 
 TENANT = "bench"
 SCRAPE_S = 0.5
+TIMER_SLACK_S = 0.001
+"""A deadline timer fires this long after the deadline (as a real timer does: never early)."""
 """The router's default ``health.scrapeIntervalS``: how often engine capacities are refreshed."""
 
 
@@ -35,6 +37,7 @@ class ShoalPolicy(Policy):
         self._by_program: dict[int, str] = {}
         self._retention: dict[int, float] = {}
         self.rejected = 0
+        self._timer_at = 0.0
 
     @property
     def sched(self) -> ProgramScheduler:
@@ -90,12 +93,27 @@ class ShoalPolicy(Policy):
         self.sched  # noqa: B018 (builds the scheduler on the first tick)
         self._apply(self._refresh())
 
+    def _arm_timer(self) -> None:
+        """Wake the scheduler at its next deadline (aging, lease, pin expiry) between ticks."""
+        deadline = self.sched.next_deadline()
+        now = self.fleet.now
+        if deadline is None:
+            return
+        deadline += TIMER_SLACK_S
+        if deadline > now and (self._timer_at <= now or deadline < self._timer_at):
+            self._timer_at = deadline
+            self.fleet.schedule_at(deadline, "timer")
+
     # decisions -----------------------------------------------------------------------------------
 
     def _engine_index(self, name: str) -> int:
         return self._names().index(name)
 
     def _apply(self, decisions: list[Decision]) -> None:
+        self._carry_out(decisions)
+        self._arm_timer()
+
+    def _carry_out(self, decisions: list[Decision]) -> None:
         for decision in decisions:
             if isinstance(decision, Admit):
                 self._admit(decision)
@@ -125,4 +143,4 @@ class ShoalPolicy(Policy):
             self.fleet.note_resume(call.program)
         self._retention[call.program] = decision.retention_s
         self.fleet.dispatch(call, engine)
-        self._apply(self.sched.call_routed(decision.call_id, names[engine]))
+        self._carry_out(self.sched.call_routed(decision.call_id, names[engine]))

@@ -1,0 +1,134 @@
+"""Program-aware scheduling on a simulated fleet: Shoal's scheduler vs the reference policies (issue 9).
+
+Agent programs (LLM calls separated by tool calls) in a closed loop against 2 SIMULATED
+engines whose step time is fitted on the real engine (``bench/sim_programs``). Sweeps the
+number of concurrent programs to show where thrashing starts, then at 2x KV
+oversubscription runs every policy on identical traces in each tool regime x client mode.
+Writes ``bench/results/programs.md`` and ``programs.png`` (``programs-quick.*`` with --quick).
+
+    .venv/bin/python bench/programs.py            # full run (~5-10 min on 2 cores)
+    .venv/bin/python bench/programs.py --quick    # smoke run (< 60 s)
+    .venv/bin/python bench/programs.py --refit    # re-measure the cost model first (~1-2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.sim_programs.costmodel import MODEL, CostModel, fit, sweep  # noqa: E402
+from bench.sim_programs.engine import EngineSpec  # noqa: E402
+from bench.sim_programs.fleet import FleetParams, simulate  # noqa: E402
+from bench.sim_programs.policies import POLICIES  # noqa: E402
+from bench.sim_programs.report import write_report  # noqa: E402
+from bench.sim_programs.summary import Row  # noqa: E402
+from bench.sim_programs.workload import REGIMES, ClientMode, WorkloadSpec  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+COST_MODEL = RESULTS / "programs-costmodel.json"
+ENGINES = 2
+SPEC = EngineSpec(num_blocks=512)
+SWEEP_REGIME = "low-variance"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One policy on one scenario."""
+
+    scenario: str
+    regime: str
+    mode: ClientMode
+    concurrency: int
+    policy: str
+    duration_s: float
+    warmup_s: float
+    seed: int
+
+
+def run_job(job: Job, cost: CostModel) -> tuple[Job, Row, float]:
+    start = time.time()
+    workload = WorkloadSpec(regime=job.regime, client_mode=job.mode, seed=job.seed)
+    params = FleetParams(workload, job.concurrency, engines=ENGINES, spec=SPEC, duration_s=job.duration_s,
+                         warmup_s=job.warmup_s)
+    stats = simulate(params, cost, POLICIES[job.policy])
+    return job, Row.of(job.scenario, job.regime, job.mode.value, job.concurrency, stats), time.time() - start
+
+
+def load_cost_model(refit: bool) -> CostModel:
+    if COST_MODEL.exists() and not refit:
+        return CostModel.load(COST_MODEL)
+    print(f"fitting the cost model on {MODEL} (prefill and decode sweeps)...", flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
+    model = fit(sweep(), f"{MODEL} on the CPU engine ({machine})")
+    model.save(COST_MODEL)
+    return model
+
+
+def oversubscribed(workload: WorkloadSpec, factor: float) -> int:
+    """Concurrency at which the programs' mean context needs ``factor`` x the fleet's KV."""
+    kv_tokens = ENGINES * SPEC.num_blocks * SPEC.block_size
+    return max(1, round(factor * kv_tokens / workload.mean_context_tokens()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
+    parser.add_argument("--refit", action="store_true", help=f"re-measure the cost model (else reuse {COST_MODEL.name})")
+    parser.add_argument("--jobs", type=int, default=1, help="simulations run in parallel processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
+    args = parser.parse_args()
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        parser.error(f"unknown policy {unknown[0]!r}; choose from: {', '.join(POLICIES)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    started = time.time()
+    cost = load_cost_model(args.refit)
+    print(f"cost model: {cost.describe()}  [{cost.source}]", flush=True)
+
+    base = WorkloadSpec(regime=SWEEP_REGIME, seed=args.seed)
+    c2x = oversubscribed(base, 2.0)
+    if args.quick:
+        duration, warmup = 600.0, 120.0
+        sweep_cs = [max(1, c2x // 4), c2x]
+        scenarios = [("heavy-tail", ClientMode.RELEASES), ("low-variance", ClientMode.NEVER_RELEASES)]
+    else:
+        duration, warmup = 1800.0, 300.0
+        sweep_cs = sorted({max(1, round(c2x * f)) for f in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)})
+        scenarios = [(regime, mode) for regime in REGIMES for mode in ClientMode]
+    jobs = [Job(f"sweep C={c}", SWEEP_REGIME, ClientMode.RELEASES, c, p, duration, warmup, args.seed)
+            for c in sweep_cs for p in policies]
+    jobs += [Job(f"{regime} / {mode.value}", regime, mode, c2x, p, duration, warmup, args.seed)
+             for regime, mode in scenarios for p in policies]
+    rows: dict[Job, Row] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for job, row, wall in pool.map(run_job, jobs, [cost] * len(jobs)):
+            rows[job] = row
+            print(f"{job.scenario:34s} C={job.concurrency:<3d} {job.policy:20s} {row.steps_per_min:7.1f} steps/min"
+                  f"  hit {row.hit_rate:.2f}  recomputed {row.recomputed_tokens:>8d}  pauses {row.pauses:>4d}"
+                  f"  p99 pause {row.pause_p99:6.1f} s  longest wait {row.longest_wait:6.1f} s  [{wall:.1f}s]",
+                  flush=True)
+    sweep_rows = [rows[j] for j in jobs if j.scenario.startswith("sweep")]
+    matrix_rows = [rows[j] for j in jobs if not j.scenario.startswith("sweep")]
+    name = "programs-quick" if args.quick else "programs"
+    command = "python bench/programs.py " + " ".join(sys.argv[1:])
+    write_report(RESULTS / f"{name}.md", RESULTS / f"{name}.png", cost=cost, spec=SPEC, engines=ENGINES,
+                 workload=base, c2x=c2x, duration_s=duration, warmup_s=warmup, sweep_rows=sweep_rows,
+                 matrix_rows=matrix_rows, command=command.strip(), wall_s=time.time() - started,
+                 sweep_regime=SWEEP_REGIME)
+    print(f"wrote {RESULTS / (name + '.md')} and {name}.png ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
