@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shoal.crds import ModelPoolSpec
+from shoal.crds import ModelPoolSpec, Reason
 from shoal.operator.builders.common import Owner, selector_labels
 from shoal.operator.builders.modelpool import pool_children, service_url
 from shoal.operator.context import (
@@ -17,7 +17,7 @@ from shoal.operator.context import (
     status_unchanged,
     validate_spec,
 )
-from shoal.operator.kube import DEPLOYMENTS, HPAS, MODELPOOLS, SCALEDOBJECTS
+from shoal.operator.kube import DEPLOYMENTS, HPAS, MODELPOOLS, SCALEDOBJECTS, SECRETS
 from shoal.operator.status import now_rfc3339, pool_status, selector_string
 
 
@@ -35,6 +35,7 @@ async def reconcile_pool(ctx: Ctx, body: dict[str, Any], *, prune: bool = True) 
 async def _reconcile(ctx: Ctx, body: dict[str, Any], prune: bool) -> ModelPoolSpec:
     try:
         spec = validate_spec(ModelPoolSpec, body)
+        await _check_api_key_secret(ctx, Owner.of(body).namespace, spec)
     except (SpecRejected, NotReady) as exc:
         await report_problem(ctx, MODELPOOLS, body, exc.reason, exc.message)
         raise
@@ -46,6 +47,16 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any], prune: bool) -> ModelPoolSp
     deployment = next(a for a in applied if a.get("kind") == "Deployment")
     await write_pool_status(ctx, body, deployment, generation(body))
     return spec
+
+
+async def _check_api_key_secret(ctx: Ctx, namespace: str, spec: ModelPoolSpec) -> None:
+    """NotReady (SecretNotFound) while the engines' API-key Secret or its key is missing."""
+    if spec.engine.auth is None or not ctx.check_secrets:
+        return
+    ref = spec.engine.auth.api_key_secret_ref
+    secret = await ctx.kube.get(SECRETS, namespace, ref.name)
+    if secret is None or ref.key not in {**(secret.get("data") or {}), **(secret.get("stringData") or {})}:
+        raise NotReady(Reason.SECRET_NOT_FOUND, f"Secret {ref.name!r} with key {ref.key!r} (the engines' API key) not found")
 
 
 async def _drop_stale_autoscalers(ctx: Ctx, owner: Owner, spec: ModelPoolSpec) -> None:

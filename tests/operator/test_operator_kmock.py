@@ -205,6 +205,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (pool("gpu-request", resources={"requests": {"nvidia.com/gpu": 1}}), "ResourcesInvalid"),
     (pool("bad-scaling", autoscaling={"minReplicas": 5, "maxReplicas": 2}), "AutoscalingInvalid"),
     (pool("x" * 60), "SpecInvalid"),
+    (pool("no-engine-key", engine={"auth": {"apiKeySecretRef": {"name": "absent"}}}), "SecretNotFound"),
     (router("missing-pool", pools=[{"name": "ok"}, {"name": "nowhere"}]), "PoolNotFound"),
     (router("bad-route", pools=[{"name": "ok"}], routes=[{"model": "m", "pool": "other"}]), "RoutesInvalid"),
     (router("bad-scorer", pools=[{"name": "ok"}], picking={"scorers": [{"type": "astrology"}]}), "ConfigInvalid"),
@@ -301,3 +302,21 @@ def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: Ope
     wait_for(lambda: classes() == [], what="class removed")
     wait_for(lambda: len(api.get(ROLES, ns, "front-router")["rules"]) == 1, what="sandbox rights revoked")
     assert config_hash(api, ns, "front") == digest
+
+
+def test_engine_api_key_becomes_the_routers_upstream_credential(api: Api, operator: OperatorProcess) -> None:
+    # (A missing Secret is in INVALID: the pool waits with SecretNotFound and creates nothing.)
+    ns = "engine-key"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "engine-key"}, "stringData": {"token": "k"}}
+    api.create(secret, ns)
+    auth = {"auth": {"apiKeySecretRef": {"name": "engine-key", "key": "token"}}}
+    api.create(pool("chat", engine=auth), ns)
+    api.create(router("front", pools=[{"name": "chat"}]), ns)
+    dep = wait_for(lambda: api.get(DEPLOYMENTS, ns, "chat-engine"), what="pool deployment")
+    ref = {"secretKeyRef": {"name": "engine-key", "key": "token"}}
+    assert dep["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "SHOAL_API_KEY", "valueFrom": ref}]
+    router_dep = wait_for(lambda: api.get(DEPLOYMENTS, ns, "front-router"), what="router deployment")
+    router_env = router_dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": ref} in router_env
+    router_yaml = yaml.safe_load(api.get(CONFIGMAPS, ns, "front-router")["data"]["router.yaml"])
+    assert router_yaml["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
