@@ -9,6 +9,7 @@ Writes ``bench/results/programs.md`` and ``programs.png`` (``programs-quick.*`` 
     .venv/bin/python bench/programs.py            # full run (~5-10 min on 2 cores)
     .venv/bin/python bench/programs.py --quick    # smoke run (< 60 s)
     .venv/bin/python bench/programs.py --refit    # re-measure the cost model first (~1-2 min)
+    .venv/bin/python bench/programs.py --real     # REAL engines + router instead (~10 min)
 """
 
 from __future__ import annotations
@@ -78,6 +79,29 @@ def oversubscribed(workload: WorkloadSpec, factor: float) -> int:
     return max(1, round(factor * kv_tokens / workload.mean_context_tokens()))
 
 
+def run_real(args: argparse.Namespace) -> int:
+    from bench.sim_programs.real import POLICIES as REAL_POLICIES
+    from bench.sim_programs.real import RealParams, run_policy
+    from bench.sim_programs.report import write_real_report
+
+    if args.real_concurrency < 1 or args.real_duration <= 60:
+        print("--real-concurrency must be >= 1 and --real-duration > 60", file=sys.stderr)
+        return 2
+    params = RealParams(concurrency=args.real_concurrency, duration_s=args.real_duration,
+                        warmup_s=min(60.0, args.real_duration / 4), seed=args.seed)
+    started = time.time()
+    results = []
+    for policy in REAL_POLICIES:
+        stats = run_policy(policy, params)
+        results.append(stats)
+        print(f"real {policy:12s} {stats.steps_per_min:6.1f} steps/min  hit {stats.hit_rate:.2f}  "
+              f"programs done {len(stats.completions)}  errors {stats.errors}", flush=True)
+    command = "python bench/programs.py " + " ".join(sys.argv[1:])
+    write_real_report(RESULTS / "programs-real.md", params, results, command.strip(), time.time() - started)
+    print(f"wrote {RESULTS / 'programs-real.md'} ({time.time() - started:.0f} s)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
@@ -85,7 +109,13 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="simulations run in parallel processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
+    parser.add_argument("--real", action="store_true",
+                        help="2 real engines (bundled model, small KV) behind the real router, real tool sleeps")
+    parser.add_argument("--real-concurrency", type=int, default=8)
+    parser.add_argument("--real-duration", type=float, default=240.0, help="seconds per policy (real mode)")
     args = parser.parse_args()
+    if args.real:
+        return run_real(args)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:

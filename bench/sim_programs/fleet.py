@@ -68,6 +68,7 @@ class RunStats:
     programs_started: int = 0
     programs_finished: int = 0
     rejected: int = 0
+    policy_counters: dict[str, float] = field(default_factory=dict)
 
     @property
     def steps_per_min(self) -> float:
@@ -263,6 +264,7 @@ class Fleet:
             if run.paused_at is not None and not run.crashed and run.finished_at is None:
                 s.pauses.append(end - max(run.paused_at, self.params.warmup_s))
         s.queue_waits.extend(end - call.arrived_at for call in self._held.values())  # still held at the end
+        s.policy_counters = self.policy.report()
         return s
 
 

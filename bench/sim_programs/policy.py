@@ -80,6 +80,10 @@ class Policy:
     def on_tick(self, now: float) -> None:
         """The policy's timer fired."""
 
+    def report(self) -> dict[str, float]:
+        """Policy-specific totals for the report (e.g. the scheduler's own counters)."""
+        return {}
+
 
 def prefix_load_pick(policy: Policy, call: Call, candidates: list[int] | None = None, prefix_weight: float = 3.0) -> int:
     """Precise prefix affinity + load, as the router's default picking (and llm-d's) scores it.

@@ -43,6 +43,7 @@ class Row:
     pause_p99: float
     longest_wait: float
     rejected: int
+    policy_counters: tuple[tuple[str, float], ...] = ()
 
     @staticmethod
     def of(scenario: str, regime: str, mode: str, concurrency: int, s: RunStats) -> Row:
@@ -50,7 +51,7 @@ class Row:
             scenario, regime, mode, concurrency, s.policy, s.steps_per_min,
             pct(s.completions, 50), pct(s.completions, 99), s.programs_finished, s.hit_rate,
             s.recomputed_tokens, s.preemptions, len(s.pauses), pct(s.pauses, 50), pct(s.pauses, 99),
-            max(s.queue_waits, default=0.0), s.rejected,
+            max(s.queue_waits, default=0.0), s.rejected, tuple(s.policy_counters.items()),
         )
 
 

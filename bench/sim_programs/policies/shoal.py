@@ -93,6 +93,16 @@ class ShoalPolicy(Policy):
         self.sched  # noqa: B018 (builds the scheduler on the first tick)
         self._apply(self._refresh())
 
+    def report(self) -> dict[str, float]:
+        c = self.sched.counters
+        return {
+            "pauses": float(sum(c.pauses.values())),
+            "resumes": float(sum(c.resumes.values())),
+            "forced admissions": float(sum(c.forced_admissions.values())),
+            "lease expiries": float(sum(c.lease_expiries.values())),
+            "longest wait (s)": c.longest_wait_s,
+        }
+
     def _arm_timer(self) -> None:
         """Wake the scheduler at its next deadline (aging, lease, pin expiry) between ticks."""
         deadline = self.sched.next_deadline()

@@ -1,0 +1,233 @@
+"""REAL engines (not simulated): agent programs through the real router against 2 engines.
+
+Two ``python -m shoal.engine serve`` processes on the bundled model with small KV pools
+and ``python -m shoal.router`` in front (precise prefix affinity), restarted for each
+policy so no cache carries over. C clients play programs in a closed loop: a shared
+system prompt, a task, then calls whose prompt is the whole conversation, separated by
+real tool sleeps (lognormal). ``shoal`` sends ``program_id`` and releases each program
+at its end (the router's program scheduler admits, pauses, resumes and pins);
+``prefix+load`` sends the same calls without a program (no admission). Program ``i`` is
+the same for both (seeded by its index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MODEL = "bundled:smollm2-135m-instruct"
+SERVED = "smollm2"
+WORDS = ("file", "test", "error", "function", "module", "import", "value", "return", "class", "patch", "line",
+         "assert", "config", "build", "output", "trace", "repo", "branch", "commit", "diff", "parser", "token",
+         "buffer", "cache", "socket", "thread", "queue", "method", "object", "string")
+POLICIES = ("prefix+load", "shoal")
+
+
+@dataclass(frozen=True)
+class RealParams:
+    """One real run (both policies use the same)."""
+
+    concurrency: int = 8
+    duration_s: float = 240.0
+    warmup_s: float = 40.0
+    kv_blocks: int = 64
+    """KV blocks per engine (16 tokens each): small, so the programs need about 2x what exists."""
+    max_tokens: int = 12
+    turns: tuple[int, int] = (3, 6)
+    system_words: int = 160
+    task_words: tuple[int, int] = (20, 60)
+    observation_words: tuple[int, int] = (15, 60)
+    tool_median_s: float = 1.0
+    tool_sigma: float = 0.6
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RealProgram:
+    task: str
+    observations: tuple[str, ...]
+    tool_s: tuple[float, ...]
+
+    @property
+    def turns(self) -> int:
+        return len(self.observations) + 1
+
+
+def program(params: RealParams, index: int) -> RealProgram:
+    rng = random.Random(f"real:{params.seed}:{index}")
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    n = rng.randint(*params.turns)
+    return RealProgram(
+        task=f"Task {index}: " + words(*params.task_words),
+        observations=tuple("Observation: " + words(*params.observation_words) for _ in range(n - 1)),
+        tool_s=tuple(params.tool_median_s * math.exp(params.tool_sigma * rng.gauss(0, 1)) for _ in range(n - 1)),
+    )
+
+
+def system_prompt(params: RealParams) -> str:
+    rng = random.Random(f"real-system:{params.seed}")
+    return "You are a coding agent. " + " ".join(rng.choice(WORDS) for _ in range(params.system_words))
+
+
+@dataclass
+class RealStats:
+    policy: str
+    steps: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    errors: int = 0
+    completions: list[float] = field(default_factory=list)
+    window_s: float = 0.0
+
+    @property
+    def steps_per_min(self) -> float:
+        return 60.0 * self.steps / self.window_s if self.window_s else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not healthy after {timeout_s:.0f} s (log: {log})")
+        time.sleep(0.2)
+
+
+@contextmanager
+def servers(params: RealParams, workdir: Path) -> Iterator[str]:
+    """2 engines + 1 router as processes on 127.0.0.1; yields the router's URL."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        urls = []
+        for i in range(2):
+            port, log = _free_port(), workdir / f"engine{i}.log"
+            with log.open("ab") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "shoal.engine", "serve", "--model", MODEL, "--served-model-name", SERVED,
+                     "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--num-threads", "1",
+                     "--num-kv-blocks", str(params.kv_blocks), "--block-size", "16", "--max-num-seqs", "8",
+                     "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env))
+            urls.append((f"http://127.0.0.1:{port}", procs[-1], log))
+        for url, proc, log in urls:
+            _wait_healthy(url, proc, log)
+        port = _free_port()
+        config = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "logLevel": "warning",
+            "pools": [{"name": "chat", "models": [SERVED], "endpoints": {"static": [u for u, _, _ in urls]}}],
+            "picking": {"prefix": {"mode": "precise"}},
+            "timeouts": {"firstByteS": 300, "idleS": 300, "totalS": 600},
+        }
+        (workdir / "router.json").write_text(json.dumps(config))
+        log = workdir / "router.log"
+        with log.open("ab") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "shoal.router", "--config", str(workdir / "router.json")],
+                stdout=out, stderr=subprocess.STDOUT, env=env))
+        router = f"http://127.0.0.1:{port}"
+        _wait_healthy(router, procs[-1], log)
+        yield router
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _client(url: str, policy: str, params: RealParams, counter: Iterator[int], start: float,
+                  stats: RealStats) -> None:
+    end = start + params.duration_s
+    system = system_prompt(params)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        while time.monotonic() < end:
+            index = next(counter)
+            prog = program(params, index)
+            program_id = f"bench-{params.seed}-{index}"
+            messages: list[dict[str, Any]] = [{"role": "system", "content": system},
+                                              {"role": "user", "content": prog.task}]
+            begun = time.monotonic()
+            for turn in range(prog.turns):
+                body: dict[str, Any] = {"model": SERVED, "messages": messages, "max_tokens": params.max_tokens,
+                                        "temperature": 0, "ignore_eos": True}
+                if policy == "shoal":
+                    body["program_id"] = program_id
+                resp = await http.post("/v1/chat/completions", json=body)
+                now = time.monotonic()
+                if resp.status_code != 200:
+                    stats.errors += 1
+                    break
+                data = resp.json()
+                if start + params.warmup_s <= now <= end:
+                    usage = data["usage"]
+                    stats.steps += 1
+                    stats.prompt_tokens += usage["prompt_tokens"]
+                    stats.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                messages.append({"role": "assistant", "content": data["choices"][0]["message"]["content"] or ""})
+                if turn < prog.turns - 1:
+                    if time.monotonic() >= end:
+                        break
+                    await asyncio.sleep(prog.tool_s[turn])
+                    messages.append({"role": "user", "content": prog.observations[turn]})
+            else:
+                if begun >= start + params.warmup_s and time.monotonic() <= end:
+                    stats.completions.append(time.monotonic() - begun)
+            if policy == "shoal":
+                await http.post(f"/v1/programs/{program_id}/release")
+
+
+def run_policy(policy: str, params: RealParams) -> RealStats:
+    """Fresh engines and router, C clients for ``duration_s``; returns the window's figures."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown real-engine policy {policy!r}; choose from {', '.join(POLICIES)}")
+    stats = RealStats(policy)
+    with tempfile.TemporaryDirectory(prefix="shoal-programs-real-") as tmp, servers(params, Path(tmp)) as url:
+
+        async def main() -> None:
+            counter = itertools.count()
+            start = time.monotonic()
+            await asyncio.gather(*(_client(url, policy, params, counter, start, stats)
+                                   for _ in range(params.concurrency)))
+
+        asyncio.run(main())
+    stats.window_s = params.duration_s - params.warmup_s
+    return stats
