@@ -9,15 +9,17 @@ undeletable), and one loop asks each router once per round, not once per program
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections import defaultdict
 from typing import Any
 
-from shoal.crds import ConditionType, Reason, RouterSpec
+from shoal.crds import AgentProgramSpec, ConditionType, Reason, RouterSpec
 from shoal.operator.builders.common import Owner, child_name
+from shoal.operator.builders.program_class import ClassError, program_class
 from shoal.operator.context import Ctx, generation, status_unchanged, try_spec
-from shoal.operator.kube import AGENTPROGRAMS, ROUTERS
-from shoal.operator.router_classes import ClassesUnavailable, ClassReport, RouterAddress
+from shoal.operator.kube import AGENTPROGRAMS, ROUTERS, SECRETS
+from shoal.operator.router_classes import ClassesUnavailable, RouterAddress, RouterClasses, version_of
 from shoal.operator.status import Cond, merge_conditions, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -25,39 +27,73 @@ log = logging.getLogger(__name__)
 ROUTER_PORT_IN_CLUSTER = 80
 
 
-def router_address(router_body: dict[str, Any]) -> RouterAddress:
-    """The router's Service (name and port) in its namespace."""
-    owner = Owner.of(router_body)
-    spec = try_spec(RouterSpec, router_body)
-    port = spec.service.port if spec is not None else ROUTER_PORT_IN_CLUSTER
-    return RouterAddress(owner.namespace, owner.name, child_name(owner), port)
+async def router_api_key(ctx: Ctx, namespace: str, spec: RouterSpec) -> str | None:
+    """One of the router's client API keys (any key may read its classes); None without auth.
+
+    Raises ClassesUnavailable when the router has auth on and no key can be read.
+    """
+    if spec.auth is None:
+        return None
+    name = spec.auth.api_keys_secret.name
+    if not ctx.check_secrets:
+        raise ClassesUnavailable("the router requires an API key and the operator may not read Secrets")
+    secret = await ctx.kube.get(SECRETS, namespace, name)
+    keys = {k: base64.b64decode(v).decode() for k, v in ((secret or {}).get("data") or {}).items()}
+    keys.update((secret or {}).get("stringData") or {})
+    if not keys:
+        raise ClassesUnavailable(f"no API key in Secret {name!r} to ask the router with")
+    return keys[min(keys)].strip()
 
 
-async def class_reports(ctx: Ctx, router_body: dict[str, Any]) -> tuple[dict[str, ClassReport] | None, str]:
+async def class_reports(ctx: Ctx, router_body: dict[str, Any]) -> tuple[RouterClasses | None, str]:
     """The router's loaded classes, or None and why not."""
     if ctx.fetch_classes is None:
         return None, "the operator does not poll routers"
+    owner = Owner.of(router_body)
+    spec = try_spec(RouterSpec, router_body)
+    if spec is None:
+        return None, f"Router {owner.name} has an invalid spec"
     try:
-        return await ctx.fetch_classes(router_address(router_body)), ""
+        key = await router_api_key(ctx, owner.namespace, spec)
+        address = RouterAddress(owner.namespace, owner.name, child_name(owner), spec.service.port, key)
+        return await ctx.fetch_classes(address), ""
     except ClassesUnavailable as exc:
         return None, str(exc)
 
 
+def _expected_version(body: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    spec = try_spec(AgentProgramSpec, body)
+    if spec is None:
+        return ()
+    try:
+        return version_of(program_class(body["metadata"]["name"], spec))
+    except ClassError:
+        return ()
+
+
 def program_status(
-    body: dict[str, Any], router: str, reports: dict[str, ClassReport] | None, why: str, now: str
+    body: dict[str, Any], router: str, answer: RouterClasses | None, why: str, now: str
 ) -> dict[str, Any]:
     """Status of a reconciled AgentProgram given what its router reports (pure)."""
     name = body["metadata"]["name"]
     gen = generation(body)
-    report = (reports or {}).get(name)
-    if report is not None:
+    report = answer.classes.get(name) if answer is not None else None
+    expected = _expected_version(body)
+    current = report is not None and (not report.version or not expected or report.version == expected)
+    if report is not None and current:
         message = f"loaded by Router {router}"
         conds = [
             Cond(ConditionType.READY, True, Reason.AVAILABLE, message),
             Cond(ConditionType.PROGRESSING, False, Reason.ROLLOUT_COMPLETE, message),
         ]
     else:
-        detail = why or "not among the classes it reports"
+        if report is not None:
+            ran = ", ".join(f"{k} {v}" for (k, v), (_, w) in zip(report.version, expected, strict=True) if v != w)
+            detail = f"it still runs an older version: {ran}"
+        else:
+            detail = why or "not among the classes it reports"
+        if answer is not None and answer.file_error:
+            detail += f"; the router says: {answer.file_error}"
         message = f"in Router {router}'s classes file; not loaded by the router yet ({detail})"
         conds = [
             Cond(ConditionType.READY, False, Reason.CLASS_NOT_LOADED, message),
@@ -89,7 +125,7 @@ async def write_program_status(
     namespace: str,
     name: str,
     router: dict[str, Any],
-    reports: dict[str, ClassReport] | None,
+    answer: RouterClasses | None,
     why: str,
     *,
     reconciled: dict[str, Any] | None = None,
@@ -109,7 +145,7 @@ async def write_program_status(
             body = {**body, "status": {**(body.get("status") or {}), "observedGeneration": generation(body)}}
         elif not _reconciled(body):
             return
-        status = program_status(body, Owner.of(router).name, reports, why, now_rfc3339())
+        status = program_status(body, Owner.of(router).name, answer, why, now_rfc3339())
         if reconciled is None and status_unchanged(body, status):
             return
         await ctx.kube.patch_status(AGENTPROGRAMS, namespace, name, status)
@@ -127,9 +163,9 @@ async def refresh_program_statuses(ctx: Ctx) -> None:
         router = await ctx.kube.get(ROUTERS, namespace, router_name)
         if router is None:
             continue
-        reports, why = await class_reports(ctx, router)
+        answer, why = await class_reports(ctx, router)
         for name in names:
-            await write_program_status(ctx, namespace, name, router, reports, why)
+            await write_program_status(ctx, namespace, name, router, answer, why)
 
 
 async def poll_program_statuses(ctx: Ctx, interval_s: float) -> None:

@@ -29,8 +29,8 @@ async def reconcile_program(ctx: Ctx, body: dict[str, Any]) -> None:
     async with ctx.lock("AgentProgram", meta.get("namespace") or "default", meta["name"]):
         router = await _guarded(ctx, body)
     # Ask the router at once: an unchanged class is still loaded, a new one shows up on a later poll.
-    reports, why = await class_reports(ctx, router)
-    await write_program_status(ctx, Owner.of(body).namespace, meta["name"], router, reports, why, reconciled=body)
+    answer, why = await class_reports(ctx, router)
+    await write_program_status(ctx, Owner.of(body).namespace, meta["name"], router, answer, why, reconciled=body)
 
 
 async def _guarded(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

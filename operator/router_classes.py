@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from shoal.router.programs.config import ProgramClassConfig
+
 CLASSES_PATH = "/v1/programs/classes"
 URL_TEMPLATE_ENV = "SHOAL_ROUTER_URL_TEMPLATE"
 DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:{port}"
@@ -28,24 +30,51 @@ class ClassReport:
     paused: int = 0
     queued: int = 0
     steps_per_minute: float = 0.0
+    version: tuple[tuple[str, Any], ...] = ()
+    """The settings the router reports for the class (model, priority, ...), to tell whether
+    it runs the latest version of the AgentProgram."""
+
+
+@dataclass(frozen=True)
+class RouterClasses:
+    """A router's answer: its loaded classes, and why its classes file was not loaded (if so)."""
+
+    classes: dict[str, ClassReport]
+    file_error: str | None = None
 
 
 @dataclass(frozen=True)
 class RouterAddress:
-    """Where a Router's API is."""
+    """Where a Router's API is, and the API key to show it when it has auth on."""
 
     namespace: str
     name: str
     service: str
     port: int
+    api_key: str | None = None
 
 
 class ClassesUnavailable(Exception):
     """The router did not answer with its classes; the message says why (one line)."""
 
 
-FetchClasses = Callable[[RouterAddress], Awaitable[dict[str, ClassReport]]]
-"""Router -> its loaded classes by name; raises ClassesUnavailable."""
+FetchClasses = Callable[[RouterAddress], Awaitable[RouterClasses]]
+"""Router -> its loaded classes; raises ClassesUnavailable."""
+
+VERSION_FIELDS = ("model", "priority", "max_concurrent_programs", "lease_seconds", "tools")
+"""Class settings the router reports back (``GET /v1/programs/classes``)."""
+
+
+def version_of(cls: ProgramClassConfig) -> tuple[tuple[str, Any], ...]:
+    """What the router would report for ``cls`` (compared with a ClassReport's ``version``)."""
+    values = {
+        "model": cls.model,
+        "priority": cls.priority,
+        "max_concurrent_programs": cls.max_concurrent_programs,
+        "lease_seconds": float(cls.lease_seconds),
+        "tools": tuple(t.name for t in cls.tools),
+    }
+    return tuple(values.items())
 
 
 def _count(entry: dict[str, Any], key: str, kind: type[int] | type[float]) -> Any:
@@ -55,12 +84,27 @@ def _count(entry: dict[str, Any], key: str, kind: type[int] | type[float]) -> An
     return kind(value)
 
 
-def parse_classes(payload: Any) -> dict[str, ClassReport]:
-    """The router's ``{"classes": [{"name", "active", "paused", "queued", "steps_per_minute"}]}``."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("classes"), list):
-        raise ClassesUnavailable("the router's answer has no 'classes' list")
+def _version(entry: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    out: list[tuple[str, Any]] = []
+    for key in VERSION_FIELDS:
+        if key not in entry:
+            return ()  # a router that does not report its settings: names only
+        value = entry[key]
+        if key == "tools":
+            value = tuple(value) if isinstance(value, list) else value
+        elif key == "lease_seconds" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+        out.append((key, value))
+    return tuple(out)
+
+
+def parse_classes(payload: Any) -> RouterClasses:
+    """The router's ``{"data": [{"name", "active", "paused", "queued", "steps_per_minute", ...}],
+    "error": null | "why the classes file was not loaded"}``."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ClassesUnavailable("the router's answer has no 'data' list of classes")
     out: dict[str, ClassReport] = {}
-    for entry in payload["classes"]:
+    for entry in payload["data"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ClassesUnavailable(f"a class without a name in the router's answer: {entry!r}"[:200])
         out[entry["name"]] = ClassReport(
@@ -69,8 +113,10 @@ def parse_classes(payload: Any) -> dict[str, ClassReport]:
             paused=_count(entry, "paused", int),
             queued=_count(entry, "queued", int),
             steps_per_minute=_count(entry, "steps_per_minute", float),
+            version=_version(entry),
         )
-    return out
+    error = payload.get("error")
+    return RouterClasses(out, " ".join(str(error).split())[:500] if error else None)
 
 
 class HttpClassesFetcher:
@@ -87,12 +133,13 @@ class HttpClassesFetcher:
         )
         return base.rstrip("/") + CLASSES_PATH
 
-    async def __call__(self, router: RouterAddress) -> dict[str, ClassReport]:
+    async def __call__(self, router: RouterAddress) -> RouterClasses:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
         url = self.url(router)
+        headers = {"Authorization": f"Bearer {router.api_key}"} if router.api_key else {}
         try:
-            async with self._session.get(url) as resp:
+            async with self._session.get(url, headers=headers) as resp:
                 if resp.status != 200:
                     raise ClassesUnavailable(f"GET {url}: HTTP {resp.status}")
                 payload = await resp.json(content_type=None)

@@ -5,7 +5,8 @@ the file; here each request reads that ConfigMap from the API server (as the kub
 validates it with the router's own ``ProgramClassesFile``, so a class is reported only once it
 really is in the router's classes file. The operator reaches router ``NS/NAME`` at
 ``{url}/NS/NAME`` (``SHOAL_ROUTER_URL_TEMPLATE=url_template``). Tests set program counts per
-class and can hold a router's reload back (``frozen``) to see a class that is not loaded yet.
+class, can hold a router's reload back (``frozen``) to see a class that is not loaded yet, or
+send a router's requests to a real router process (``real``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import yaml
 
 from shoal.operator.builders.router_config import CLASSES_KEY
 from shoal.operator.kube import CONFIGMAPS
-from shoal.router.programs.config import ProgramClassesFile
+from shoal.operator.router_classes import CLASSES_PATH
+from shoal.router.programs.config import ProgramClassConfig, ProgramClassesFile
 
 
 @dataclass
@@ -31,12 +33,14 @@ class FakeRouters:
     api_url: str
     counts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """(namespace, class) -> {"active", "paused", "queued", "steps_per_minute"}."""
-    frozen: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    """(namespace, router) -> the class names it keeps reporting (its reload is held back)."""
+    frozen: dict[tuple[str, str], list[ProgramClassConfig]] = field(default_factory=dict)
+    """(namespace, router) -> the classes it keeps reporting (its reload is held back)."""
+    real: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(namespace, router) -> URL of a real router process to ask instead."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def loaded(self, namespace: str, router: str) -> list[str] | None:
-        """Class names in the router's classes ConfigMap; None when there is none."""
+    def loaded(self, namespace: str, router: str) -> list[ProgramClassConfig] | None:
+        """The classes in the router's classes ConfigMap; None when there is none."""
         with self.lock:
             if (namespace, router) in self.frozen:
                 return list(self.frozen[(namespace, router)])
@@ -45,20 +49,26 @@ class FakeRouters:
             return None
         resp.raise_for_status()
         text = resp.json().get("data", {}).get(CLASSES_KEY, "")
-        document = ProgramClassesFile.model_validate(yaml.safe_load(text) or {})
-        return [c.name for c in document.classes]
+        return list(ProgramClassesFile.model_validate(yaml.safe_load(text) or {}).classes)
 
     def answer(self, namespace: str, router: str) -> tuple[int, dict[str, Any]]:
-        names = self.loaded(namespace, router)
-        if names is None:
+        with self.lock:
+            real = self.real.get((namespace, router))
+        if real is not None:
+            resp = httpx.get(real + CLASSES_PATH, timeout=5)
+            return resp.status_code, resp.json()
+        classes = self.loaded(namespace, router)
+        if classes is None:
             return 503, {"error": {"message": "router not started: no classes ConfigMap", "type": "unavailable"}}
         with self.lock:
-            classes = [
-                {"name": n, "active": 0, "paused": 0, "queued": 0, "steps_per_minute": 0.0,
-                 **self.counts.get((namespace, n), {})}
-                for n in names
+            data = [
+                {"name": c.name, "model": c.model, "priority": c.priority,
+                 "max_concurrent_programs": c.max_concurrent_programs, "lease_seconds": c.lease_seconds,
+                 "tools": [t.name for t in c.tools], "active": 0, "paused": 0, "queued": 0, "steps_per_minute": 0.0,
+                 **self.counts.get((namespace, c.name), {})}
+                for c in classes
             ]  # fmt: skip
-        return 200, {"classes": classes}
+        return 200, {"object": "list", "data": data, "error": None}
 
 
 class FakeRouterServer:

@@ -292,9 +292,19 @@ def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: Ope
         routers.counts[(ns, "agents")] = {"active": 0, "queued": 0, "steps_per_minute": 0}
     wait_for(lambda: api.get(AGENTPROGRAMS, ns, "agents")["status"].get("activePrograms") == 0, what="new counts")
 
-    # A spec change updates the class in place; still no rollout.
+    # A spec change updates the class in place, with no rollout; while the router still runs the
+    # old version the program is not Ready, and says what differs.
+    loaded = routers.loaded(ns, "front")
+    assert loaded is not None
+    with routers.lock:
+        routers.frozen[(ns, "front")] = loaded
     api.patch(AGENTPROGRAMS, ns, "agents", {"spec": {"priority": 20}})
     wait_for(lambda: [c["priority"] for c in classes()] == [20], what="class updated")
+    wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "ClassNotLoaded", what="old version")
+    assert "older version: priority 80" in condition(api.get(AGENTPROGRAMS, ns, "agents"), "Ready")["message"]
+    with routers.lock:
+        del routers.frozen[(ns, "front")]
+    wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "Available", what="new version loaded")
     assert config_hash(api, ns, "front") == digest
     assert api.get(DEPLOYMENTS, ns, "front-router")["metadata"]["generation"] == 1
     # Deleted: gone from the file, and the router's Role no longer grants sandbox pods.

@@ -7,49 +7,69 @@ from typing import Any
 
 import pytest
 
-from shoal.operator.program_status import program_status, router_address
-from shoal.operator.router_classes import ClassesUnavailable, ClassReport, HttpClassesFetcher, parse_classes
+from shoal.operator.program_status import program_status
+from shoal.operator.router_classes import (
+    ClassesUnavailable,
+    ClassReport,
+    HttpClassesFetcher,
+    RouterAddress,
+    RouterClasses,
+    parse_classes,
+)
 
-BODY: dict[str, Any] = {"metadata": {"name": "coder", "namespace": "team", "generation": 3}, "status": {}}
+BODY: dict[str, Any] = {"metadata": {"name": "coder", "namespace": "team", "generation": 3},
+                        "spec": {"router": "front", "model": "smol", "priority": 80}, "status": {}}  # fmt: skip
 NOW = "2026-11-30T16:00:00Z"
+VERSION = (("model", "smol"), ("priority", 80), ("max_concurrent_programs", 8), ("lease_seconds", 600.0),
+           ("tools", ()))  # fmt: skip
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
 
 
-def test_ready_only_when_the_router_reports_the_class() -> None:
-    report = ClassReport("coder", active=2, paused=1, queued=4, steps_per_minute=30.0)
-    loaded = program_status(BODY, "front", {"coder": report}, "", NOW)
+def test_ready_only_when_the_router_reports_the_current_class() -> None:
+    report = ClassReport("coder", active=2, paused=1, queued=4, steps_per_minute=30.0, version=VERSION)
+    loaded = program_status(BODY, "front", RouterClasses({"coder": report}), "", NOW)
     assert conditions(loaded) == {"Ready": ("True", "Available"), "Progressing": ("False", "RolloutComplete"),
                                   "Degraded": ("False", "AsExpected")}  # fmt: skip
     assert (loaded["activePrograms"], loaded["pausedPrograms"], loaded["queuedPrograms"]) == (2, 1, 4)
     assert loaded["stepsPerMinute"] == 30.0 and loaded["observedGeneration"] == 3
 
-    for reports, why in (({"other": ClassReport("other")}, ""), (None, "GET http://x: HTTP 503")):
-        waiting = program_status(BODY, "front", reports, why, NOW)
+    for answer, why in ((RouterClasses({"other": ClassReport("other")}), ""), (None, "GET http://x: HTTP 503")):
+        waiting = program_status(BODY, "front", answer, why, NOW)
         assert conditions(waiting)["Ready"] == ("False", "ClassNotLoaded")
         assert conditions(waiting)["Degraded"] == ("False", "AsExpected")
         assert waiting["activePrograms"] is None  # merge-patch null: no stale counts
         if why:
             assert why in waiting["conditions"][0]["message"]
 
+    # The router still runs the previous version of the class (priority 50), and its file had an error.
+    old = ClassReport("coder", active=1, version=(*VERSION[:1], ("priority", 50), *VERSION[2:]))
+    stale = program_status(BODY, "front", RouterClasses({"coder": old}, "classesFile: bad yaml"), "", NOW)
+    assert conditions(stale)["Ready"] == ("False", "ClassNotLoaded")
+    message = stale["conditions"][0]["message"]
+    assert "older version: priority 50" in message and "classesFile: bad yaml" in message
+    assert stale["activePrograms"] == 1
+
 
 def test_router_answer_is_parsed_strictly() -> None:
-    reports = parse_classes({"classes": [{"name": "a", "active": 1, "paused": 0, "queued": 2, "steps_per_minute": 1.5},
-                                         {"name": "b"}]})  # fmt: skip
-    assert reports == {"a": ClassReport("a", 1, 0, 2, 1.5), "b": ClassReport("b")}
+    answer = parse_classes({"object": "list", "error": None, "data": [
+        {"name": "a", "active": 1, "paused": 0, "queued": 2, "steps_per_minute": 1.5, "model": "smol",
+         "priority": 80, "max_concurrent_programs": 8, "lease_seconds": 600, "tools": []},
+        {"name": "b"}]})  # fmt: skip
+    assert answer.classes == {"a": ClassReport("a", 1, 0, 2, 1.5, VERSION), "b": ClassReport("b")}
+    assert answer.file_error is None
+    assert parse_classes({"data": [], "error": "classesFile x:\\n bad"}).file_error == "classesFile x:\\n bad"
     bad: Any
-    for bad in ({}, {"classes": {}}, {"classes": [{"active": 1}]}, {"classes": [{"name": "a", "active": -1}]},
-                {"classes": [{"name": "a", "queued": "many"}]}, {"classes": [{"name": "a", "paused": True}]}, []):
+    for bad in ({}, {"data": {}}, {"data": [{"active": 1}]}, {"data": [{"name": "a", "active": -1}]},
+                {"data": [{"name": "a", "queued": "many"}]}, {"data": [{"name": "a", "paused": True}]}, []):
         with pytest.raises(ClassesUnavailable):
             parse_classes(bad)
 
 
 def test_fetcher_reaches_the_service_and_reports_failures_in_one_line() -> None:
-    router = {"apiVersion": "shoal.dev/v1alpha1", "kind": "Router",
-              "metadata": {"name": "front", "namespace": "team"}, "spec": {"pools": [{"name": "p"}]}}  # fmt: skip
-    address = router_address(router)
+    address = RouterAddress("team", "front", "front-router", 80, api_key="sk-x")
     assert HttpClassesFetcher().url(address) == "http://front-router.team.svc:80/v1/programs/classes"
 
     async def unreachable() -> str:
