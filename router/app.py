@@ -112,6 +112,9 @@ class FastPath:
             if forwarded is None:
                 return  # the replica owning the program answered
             receive = forwarded
+        elif peers is not None and scope["type"] == "http" and scope["path"] == "/v1/programs" and scope["method"] == "GET":
+            await peers.list_programs(scope, receive, send, self.app)  # every replica's programs
+            return
         await self.app(scope, receive, send)
 
 

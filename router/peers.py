@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -253,6 +254,38 @@ class PeerSet:
             return None
         return _replay(body)
 
+    # GET /v1/programs: every replica's programs -----------------------------------------------------
+
+    async def list_programs(self, scope: Message, receive: Receive, send: Send, local_app: Any) -> None:
+        """Answer ``GET /v1/programs`` with the tenant's programs on every live replica (each is
+        asked with the client's own credentials); a program is shown as its owner has it."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        local = _Captured()
+        await local_app(scope, receive, local.send)
+        if local.status != 200 or self.is_forwarded(headers):
+            await local.replay(send)
+            return
+        out_headers = self._forward_headers(headers)
+        others = [u for u in self.live() if u != self.self_url]
+        answers = await asyncio.gather(*(self._client.get(u + PROGRAMS_PREFIX[:-1], headers=out_headers) for u in others),
+                                       return_exceptions=True)  # fmt: skip
+        views: dict[str, tuple[str, Any]] = {}
+        for url, answer in [(self.self_url, local.json()), *zip(others, answers, strict=True)]:
+            if isinstance(answer, httpx.Response):
+                answer = answer.json() if answer.status_code == 200 else None
+            if not isinstance(answer, dict):
+                if isinstance(answer, httpx.TransportError):
+                    self.mark_down(url)
+                continue
+            for view in answer.get("data") or []:
+                program_id = view.get("id")
+                # After an ownership change two replicas may hold a record: the owner's is current.
+                if program_id not in views or self.owner(program_id) == url:
+                    views[program_id] = (url, view)
+        body = json.dumps({"object": "list", "data": [v for _, v in views.values()]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
     # background -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -340,6 +373,31 @@ async def _read_all(receive: Receive, limit: int) -> bytes | None:
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+class _Captured:
+    """An ASGI response kept in memory (the local half of a merged answer)."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    async def replay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
 def _replay(body: bytes) -> Receive:

@@ -79,7 +79,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[list[RouterProc], list[
                        "tokenizer": {"source": "none"}}],
             "auth": {"apiKeysFile": str(tmp_path / "keys")},
             "health": {"scrapeIntervalS": 0.2},
-            "programs": {"forwardedSecretEnv": SECRET_ENV},
+            "programs": {"forwardedSecretEnv": SECRET_ENV, "classes": [{"name": "agents", "model": "tiny"}]},
             "peers": {"self": urls[i], "static": urls, "healthIntervalS": 0.2},
         }  # fmt: skip
         path = tmp_path / f"router{i}.yaml"
@@ -120,6 +120,12 @@ async def _call(client: httpx.AsyncClient, router: str, program_id: str, turn: i
         assert r.json()["choices"][0]["message"]["content"]
 
 
+async def _program(client: httpx.AsyncClient, router: str, program_id: str) -> dict[str, Any]:
+    r = await client.get(router + f"/v1/programs/{program_id}", headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
 async def test_one_program_alternating_between_two_routers(
     cluster: tuple[list[RouterProc], list[FakeEngine]],
 ) -> None:
@@ -130,15 +136,23 @@ async def test_one_program_alternating_between_two_routers(
     turns = 8
     async with httpx.AsyncClient(timeout=30) as client:
         for turn in range(turns):
-            await _call(client, urls[turn % 2], program, turn, stream=turn % 4 >= 2)
-        # The owner sent every turn to the engines; the other replica only forwarded its half.
+            await _call(client, urls[turn % 2], program, turn, stream=False)
+        # One record, held by the owner, with every turn, whichever router is asked.
+        seen = [await _program(client, r.url, program) for r in routers]
+        stable = ("id", "class_name", "engine", "turns", "context_tokens", "prompt_tokens_total")
+        assert [{k: view[k] for k in stable} for view in seen] == [{k: seen[0][k] for k in stable}] * 2
+        assert seen[0]["turns"] == turns and seen[0]["prompt_tokens_total"] == turns  # the fake's usage: 1 each
+        listed = (await client.get(other.url + "/v1/programs", headers={"authorization": f"Bearer {KEY}"})).json()
+        assert [(p["id"], p["turns"]) for p in listed["data"]] == [(program, turns)]
+        # The owner sent every turn to the engines; the other replica only forwarded.
         assert await _metric(owner.url, "shoal_router_requests_total", status="200") == turns
         assert await _metric(other.url, "shoal_router_requests_total") == 0
-        assert await _metric(other.url, "shoal_router_peer_forwards_total", outcome="forwarded") == turns / 2
+        assert await _metric(other.url, "shoal_router_peer_forwards_total", outcome="forwarded") >= turns / 2
         assert sum(len(e.requests) for e in engines) == turns  # each turn reached an engine once
         # The client's key went along: the owner authenticated the tenant again.
-        sent = [h for e in engines for h in e.headers_seen]
-        assert {h.get("x-shoal-tenant") for h in sent} == {"team-a"}
+        assert {h.get("x-shoal-tenant") for e in engines for h in e.headers_seen} == {"team-a"}
+        # Streams are relayed through the forwarding replica too.
+        await _call(client, other.url, program, turns, stream=True)
         # A bad key is refused where it lands, and a client cannot claim to be a peer.
         bad = await client.post(other.url + "/v1/chat/completions", headers={"authorization": "Bearer nope"},
                                 json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
@@ -151,17 +165,13 @@ async def test_one_program_alternating_between_two_routers(
         )
         assert spoofed.status_code == 200
         assert await _metric(other.url, "shoal_router_requests_total") == 0
-        # /v1/programs/{id} calls go to the owner too.
-        before = await _metric(other.url, "shoal_router_peer_forwards_total", outcome="forwarded")
-        direct = await client.get(owner.url + f"/v1/programs/{program}", headers={"authorization": f"Bearer {KEY}"})
-        via_other = await client.get(other.url + f"/v1/programs/{program}", headers={"authorization": f"Bearer {KEY}"})
-        assert via_other.status_code == direct.status_code
-        assert await _metric(other.url, "shoal_router_peer_forwards_total", outcome="forwarded") == before + 1
+        assert (await _program(client, other.url, program))["turns"] == turns + 1  # the spoofed call, at the owner
 
-        # The owner dies: the program goes on through the survivor, which now owns it.
+        # The owner dies: the program goes on through the survivor, which starts a fresh record.
         owner.kill()
-        for turn in range(turns, turns + 4):
-            await _call(client, other.url, program, turn, stream=turn % 2 == 0)
+        for turn in range(4):
+            await _call(client, other.url, program, turn, stream=False)
         assert await _metric(other.url, "shoal_router_requests_total", status="200") == 4
         assert await _metric(other.url, "shoal_router_live_replicas") == 1
-        assert sum(len(e.requests) for e in engines) == turns + 1 + 4
+        assert (await _program(client, other.url, program))["turns"] == 4
+        assert sum(len(e.requests) for e in engines) == turns + 2 + 4
