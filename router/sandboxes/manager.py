@@ -55,6 +55,7 @@ class _Entry:
     """How its first call found it: ``warm`` (pool), ``prewarmed`` (preparation began before
     the first call), ``cold``."""
     prepare_s: float | None = None
+    """Seconds its creation and preparation took (0 from the warm pool), waits for a slot excluded."""
     first_wait_s: float | None = None
     busy: int = 0
     tool_calls: int = 0
@@ -305,24 +306,24 @@ class SandboxManager:
         elif wait_for_slot:
             async with self._slots:
                 entry.started = True
-                sandbox = await self._create(entry.cls, entry.program_id)
+                sandbox, entry.prepare_s = await self._create(entry.cls, entry.program_id)
         else:
             entry.started = True
-            sandbox = await self._create(entry.cls, entry.program_id)
-        if entry.prepare_s is None:
-            entry.prepare_s = self.clock() - entry.created
+            sandbox, entry.prepare_s = await self._create(entry.cls, entry.program_id)
         if self._entries.get(entry.program_id) is not entry:  # released while it was being prepared
             await self._destroy(sandbox, "release")
             raise SandboxError(f"program {entry.program_id} was released")
         self._publish()
         return sandbox
 
-    async def _create(self, cls: ProgramClassConfig, program_id: str | None) -> Sandbox:
-        began = time.monotonic()
+    async def _create(self, cls: ProgramClassConfig, program_id: str | None) -> tuple[Sandbox, float]:
+        """A new sandbox and the seconds its creation and preparation took."""
+        began = self.clock()
         sandbox_id = f"sb-{uuid.uuid4().hex[:16]}"
         sandbox = await self._in_thread(self.backend.create, sandbox_id, cls, program_id)
-        self.metrics.prepare_seconds.observe(time.monotonic() - began)
-        return sandbox
+        seconds = self.clock() - began
+        self.metrics.prepare_seconds.observe(seconds)
+        return sandbox, seconds
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking backend work; if the caller is cancelled, a sandbox it created is removed."""
@@ -370,7 +371,7 @@ class SandboxManager:
     async def _fill_one(self, cls: ProgramClassConfig) -> None:
         try:
             async with self._slots:
-                sandbox = await self._create(cls, None)
+                sandbox, _ = await self._create(cls, None)
         except SandboxError as exc:
             log.warning("warm sandbox for class %s failed: %s", cls.name, exc)
             return

@@ -32,20 +32,19 @@ class ProgramGateway(Protocol):
     """What the program registry offers the tool API (the program scheduler implements it)."""
 
     def lookup(
-        self, program_id: str, tenant: str
+        self, program_id: str, tenant: str, /
     ) -> ProgramClassConfig | Awaitable[ProgramClassConfig | None] | None:
-        """The class of ``tenant``'s program ``program_id`` (None: no such program for this tenant).
-        Counts as program activity (the lease is renewed)."""
+        """The class of ``tenant``'s program ``program_id`` (None: no such program for this tenant)."""
         ...
 
-    def tool_finished(self, program_id: str, tool: str, duration_s: float) -> None:
+    def tool_finished(self, program_id: str, tool: str, duration_s: float, tenant: str, /) -> None:
         """A tool call ended after ``duration_s`` (feeds the scheduler's per-tool statistics)."""
         ...
 
 
-Authenticate = Callable[[Mapping[str, str]], str | None]
-"""Lower-cased request headers -> the tenant (API key name), None when auth is off; raises
-RouterError 401."""
+TenantOf = Callable[[Mapping[str, str]], str | None]
+"""Lower-cased request headers -> the tenant (API key name or trusted tenant header; None or
+``anonymous`` when auth is off); raises RouterError 401 for a bad key."""
 
 
 class ToolCallRequest(BaseModel):
@@ -78,11 +77,11 @@ class ToolEndpoint:
     """The handler; ``lookup`` scopes every program to its tenant (others get 404: ids do not leak)."""
 
     def __init__(
-        self, manager: SandboxManager, gateway: ProgramGateway, authenticate: Authenticate, max_body_bytes: int
+        self, manager: SandboxManager, gateway: ProgramGateway, tenant_of: TenantOf, max_body_bytes: int
     ) -> None:
         self.manager = manager
         self.gateway = gateway
-        self.authenticate = authenticate
+        self.tenant_of = tenant_of
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request) -> Response:
@@ -92,7 +91,7 @@ class ToolEndpoint:
             return err.response()
 
     async def _handle(self, request: Request) -> Response:
-        tenant = self.authenticate({k.lower(): v for k, v in request.headers.items()}) or ANONYMOUS
+        tenant = self.tenant_of({k.lower(): v for k, v in request.headers.items()}) or ANONYMOUS
         program_id: str = request.path_params["program_id"]
         tool: str = request.path_params["tool"]
         body = await self._read_body(request)
@@ -121,7 +120,7 @@ class ToolEndpoint:
             raise RouterError(503, str(exc), "service_unavailable", "sandbox_unavailable") from None
         except SandboxError as exc:
             raise RouterError(503, str(exc), "service_unavailable", "sandbox_failed") from None
-        self.gateway.tool_finished(program_id, tool, result.duration_s)
+        self.gateway.tool_finished(program_id, tool, result.duration_s, tenant)
         return JSONResponse(result.to_json())
 
     async def _read_body(self, request: Request) -> bytes:
@@ -138,10 +137,10 @@ class ToolEndpoint:
 
 
 def mount_tool_routes(
-    app: FastAPI, manager: SandboxManager, gateway: ProgramGateway, authenticate: Authenticate,
+    app: FastAPI, manager: SandboxManager, gateway: ProgramGateway, tenant_of: TenantOf,
     max_body_bytes: int = 1 << 20,
 ) -> None:  # fmt: skip
     """Serve the tool API on ``app``. The app's lifespan must ``await manager.start()`` / ``stop()``."""
     app.router.routes.append(
-        Route(TOOL_PATH, ToolEndpoint(manager, gateway, authenticate, max_body_bytes).handle, methods=["POST"])
+        Route(TOOL_PATH, ToolEndpoint(manager, gateway, tenant_of, max_body_bytes).handle, methods=["POST"])
     )

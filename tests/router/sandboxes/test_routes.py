@@ -39,7 +39,8 @@ class FakeGateway:
     async def lookup(self, program_id: str, tenant: str) -> ProgramClassConfig | None:
         return self.programs.get((program_id, tenant))
 
-    def tool_finished(self, program_id: str, tool: str, duration_s: float) -> None:
+    def tool_finished(self, program_id: str, tool: str, duration_s: float, tenant: str) -> None:
+        assert tenant == "alice"
         self.finished.append((program_id, tool, duration_s))
 
 
