@@ -68,6 +68,11 @@ bench-operator: $(STAMP)
 bench-programs: $(STAMP)
 	$(PY) bench/programs.py
 
+# Tool sandboxes: start cold vs warm pool, preparation hidden by pre-warm, leaks (issue 10; root for full isolation).
+.PHONY: bench-sandboxes
+bench-sandboxes: $(STAMP)
+	$(PY) bench/sandboxes.py
+
 # On a machine with an NVIDIA GPU (not run by CI).
 gpu-check:
 	bash bench/gpu_check.sh
