@@ -41,6 +41,11 @@ test-slow: $(STAMP)
 
 test-all: test test-kernels test-slow
 
+# Fuzz tier: schemathesis on the OpenAPI schemas + hypothesis on sampling parameters (0 server errors).
+.PHONY: test-fuzz
+test-fuzz: $(STAMP)
+	$(PYTEST) -m fuzz -q tests/fuzz
+
 demo: $(STAMP)
 	$(VENV)/bin/shoal up -f crds/examples/local/ --demo
 

@@ -21,6 +21,7 @@ from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError
 from shoal.engine.server.errors import APIError, install_error_handlers, unavailable
 from shoal.engine.server.metrics import CONTENT_TYPE, ServerMetrics
 from shoal.engine.server.middleware import RequestGuardMiddleware
+from shoal.engine.server.openapi import describe_request_bodies
 from shoal.engine.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -156,4 +157,13 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
         hashes = await engine.call(lambda e: e.cached_block_hashes())
         return JSONResponse({"block_size": settings.block_size, "hashes": hashes})
 
+    describe_request_bodies(
+        app,
+        {
+            ("POST", "/v1/completions"): CompletionRequest,
+            ("POST", "/v1/chat/completions"): ChatCompletionRequest,
+            ("POST", "/tokenize"): TokenizeRequest,
+            ("POST", "/detokenize"): DetokenizeRequest,
+        },
+    )
     return app
