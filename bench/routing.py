@@ -2,7 +2,9 @@
 
 Drives the router's real picking plugins against SIMULATED engines (``bench/sim``) in
 virtual time: multi-turn chats sharing a few system prompts, at 4 and 16 engines, over
-a sweep of arrival rates. Writes ``bench/results/routing.md`` and ``routing.png``.
+a sweep of arrival rates; and a hot-prefix scenario (every request shares one system
+prompt) that shows whether prefix affinity piles load onto the engine holding it.
+Writes ``bench/results/routing.md`` and ``routing.png``.
 
     .venv/bin/python bench/routing.py [--quick]
 """
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.sim.fleet import FleetParams, RunResult, oracle_hit_rate, simulate  # noqa: E402
+from bench.sim.workload import ChatWorkload  # noqa: E402
 from shoal.router.config import PickingConfig  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -33,6 +36,66 @@ POLICIES: dict[str, PickingConfig] = {
     "prefix-aware": PickingConfig(),
     "prefix-aware (precise)": PickingConfig.model_validate({"prefix": {"mode": "precise"}}),
 }
+UNDAMPED = PickingConfig.model_validate({"scorers": [
+    {"type": "prefix-affinity", "weight": 3, "params": {"loadSlack": None}}, "queue-depth", "kv-usage",
+    "session-affinity",
+]})
+"""The default picking before headroom damping (issue 11): prefix affinity regardless of load."""
+HOT_PREFIX = ChatWorkload(system_prompts=1, system_tokens=1000, turns=1, user_tokens=(20, 80), reply_tokens=(20, 60))
+"""Many short chats sharing one system prompt."""
+HOT_POLICIES: dict[str, PickingConfig] = {
+    "round-robin": POLICIES["round-robin"],
+    "least-loaded": POLICIES["least-loaded"],
+    "prefix-aware": POLICIES["prefix-aware"],
+    "prefix-aware, undamped (old default)": UNDAMPED,
+}
+
+
+@dataclass
+class HotRow:
+    rate: float
+    policy: str
+    p50_ms: float
+    p99_ms: float
+    shares: list[float]
+    """Each engine's share of the requests."""
+    spread: float
+    """Mean over scrapes of (most loaded engine's running + waiting) - (least loaded's)."""
+    max_load: float
+
+
+def run_hot(engines: int, rates: list[float], duration: float, warmup: float) -> list[HotRow]:
+    rows: list[HotRow] = []
+    for rate in rates:
+        for name, picking in HOT_POLICIES.items():
+            params = FleetParams(engines=engines, rate=rate, duration_s=duration, warmup_s=warmup, workload=HOT_PREFIX)
+            r = simulate(params, picking, name)
+            ttft = [(x.first_token_at or 0.0) - x.arrival for x in r.measured()]
+            total = max(1, sum(r.picks_per_engine))
+            samples = r.queue_samples or [[0.0]]
+            row = HotRow(rate, name, pct(ttft, 50) * 1000, pct(ttft, 99) * 1000,
+                         [n / total for n in r.picks_per_engine],
+                         sum(max(q) - min(q) for q in samples) / len(samples), max(max(q) for q in samples))
+            rows.append(row)
+            print(f"hot prefix {engines} engines rate {rate:5.1f}/s {name:36s} p99 {row.p99_ms:7.1f} ms "
+                  f"shares {' '.join(f'{x:.2f}' for x in row.shares)} spread {row.spread:.1f}", flush=True)
+    return rows
+
+
+def hot_lines(rows: list[HotRow], engines: int) -> list[str]:
+    lines = [
+        f"## Hot prefix: {engines} engines, every request shares one system prompt", "",
+        f"Single-turn chats: one {HOT_PREFIX.system_tokens}-token system prompt, user {HOT_PREFIX.user_tokens[0]}-"
+        f"{HOT_PREFIX.user_tokens[1]} tokens, reply {HOT_PREFIX.reply_tokens[0]}-{HOT_PREFIX.reply_tokens[1]} tokens, "
+        "Poisson arrivals. Share = each engine's fraction of the requests; spread = mean over scrapes of the most "
+        "loaded engine's running + waiting minus the least loaded's.", "",
+        "| req/s | policy | TTFT p50 (ms) | TTFT p99 (ms) | share per engine | load spread | max load |",
+        "|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.rate:g} | {r.policy} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+                     f"{' / '.join(f'{x:.2f}' for x in r.shares)} | {r.spread:.1f} | {r.max_load:.0f} |")
+    return [*lines, ""]
 
 
 @dataclass
@@ -121,7 +184,8 @@ def plot(rows: list[Row], fleet_sizes: list[int], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wall: float) -> None:
+def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wall: float,
+          hot: list[str]) -> None:
     from bench.sim.engine import EngineSpec
     from bench.sim.workload import ChatWorkload
 
@@ -144,8 +208,9 @@ def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wal
         f"{work.user_tokens[1]} tokens, reply {work.reply_tokens[0]}-{work.reply_tokens[1]} tokens, exponential "
         f"think time of mean {work.think_time_s:g} s); each turn's prompt is the whole history.",
         "- Policies: round-robin (picker `round-robin`); least-loaded (scorer `least-requests`); prefix-aware "
-        "(the default picking: `prefix-affinity` x3 + `queue-depth` + `kv-usage` + `session-affinity`, "
-        "approximate index) and the same with the precise (digest) index.",
+        "(the default picking: `prefix-affinity` x3, damped by the endpoint's queue beyond the least loaded "
+        "one's (`loadSlack` 4), + `queue-depth` + `kv-usage` + `session-affinity`, approximate index) and the "
+        "same with the precise (digest) index.",
         "- Hit rate = cached prompt tokens / prompt tokens after warm-up. Oracle = one engine with the whole "
         "fleet's cache seeing every request in order (the best any placement can do).",
         f"- {args.duration:g} s of virtual time per run, first {args.warmup:g} s excluded.",
@@ -171,6 +236,7 @@ def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wal
                   f"**{pa.hit / pa.oracle:.0%}** of the single-engine oracle ({pa.hit:.3f} vs {pa.oracle:.3f}; "
                   "target >= 85%).", ""]
     name = "routing-quick" if args.quick else "routing"
+    lines += hot
     lines += [f"![TTFT and hit rate vs load]({name}.png)", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
@@ -183,16 +249,19 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.time()
     sweeps = {4: [1, 2, 3, 4, 5], 16: [4, 8, 12, 16, 20]}
+    hot_rates = [20.0, 60.0, 150.0, 200.0]
     if args.quick:
         sweeps = {4: [1, 3]}
+        hot_rates = [60.0]
         args.duration, args.warmup = 60.0, 15.0
+    hot = hot_lines(run_hot(4, hot_rates, 40.0, 10.0), 4)
     rows: list[Row] = []
     for n, rates in sweeps.items():
         rows += run(n, [float(r) for r in rates], args.duration, args.warmup, list(POLICIES))
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "routing-quick" if args.quick else "routing"
     plot(rows, list(sweeps), RESULTS / f"{name}.png")
-    write(rows, list(sweeps), args, time.time() - t0)
+    write(rows, list(sweeps), args, time.time() - t0, hot)
     print(f"wrote {RESULTS / (name + '.md')}")
     return 0
 

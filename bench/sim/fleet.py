@@ -35,6 +35,9 @@ class RunResult:
     warmup_s: float = 0.0
     busy_fraction: float = 0.0
     picks_per_engine: list[int] = field(default_factory=list)
+    """Requests sent to each engine after warm-up."""
+    queue_samples: list[list[float]] = field(default_factory=list)
+    """Each engine's load (running + waiting) at every scrape after warm-up."""
 
     def measured(self) -> list[SimRequest]:
         return [r for r in self.requests if r.arrival >= self.warmup_s and r.first_token_at is not None]
@@ -74,7 +77,9 @@ class Fleet:
         self._events: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self._rid = itertools.count()
-        self.result = RunResult(policy, params.engines, params.rate, warmup_s=params.warmup_s)
+        self.result = RunResult(policy, params.engines, params.rate, warmup_s=params.warmup_s,
+                                picks_per_engine=[0] * params.engines)
+        self._index_of = {url: i for i, url in enumerate(self.engines)}
         self._owner: dict[int, str] = {}
         self._conv_of: dict[int, Conversation] = {}
 
@@ -107,6 +112,8 @@ class Fleet:
                     state = self.endpoints.get(url)
                     assert state is not None
                     state.set_metrics(eng.metrics(), at)
+                if at >= p.warmup_s:
+                    self.result.queue_samples.append([sum(e.metrics()[:2]) for e in self.engines.values()])
                 self._push(at + p.scrape_interval_s, "scrape")
             elif kind == "digest":
                 if isinstance(self.index, PrecisePrefixIndex):
@@ -134,6 +141,8 @@ class Fleet:
         )
         result = await self.runner.pick(pick_req, self.endpoints.candidates())
         url = result.chosen.url
+        if self.now >= self.p.warmup_s:
+            self.result.picks_per_engine[self._index_of[url]] += 1
         state = self.endpoints.get(url)
         assert state is not None
         state.inflight += 1

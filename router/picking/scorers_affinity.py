@@ -5,33 +5,59 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from pydantic import Field
+
 from shoal.router.picking.hashing import hrw_choose
-from shoal.router.picking.params import NoParams, Params
+from shoal.router.picking.params import Params
 from shoal.router.picking.plugin import Scorer
 from shoal.router.picking.prefix_index import PrefixIndex
 from shoal.router.picking.types import Candidate, EndpointId, PickRequest
 
 
+class PrefixAffinityParams(Params):
+    load_slack: float | None = Field(default=4.0, gt=0)
+    """Headroom damping: an endpoint carrying ``load_slack`` more requests than the least loaded
+    candidate gets half its cache-match score, twice that a third, and so on; so a hot prefix
+    cannot pile every request onto the engine that holds it while others sit idle. Load is the
+    scraped queue plus what was sent since the scrape (the router's in-flight count without
+    fresh metrics). None: no damping (pure cache affinity)."""
+
+
+def endpoint_load(c: Candidate) -> float:
+    """Requests queued on ``c``: scraped waiting + sent since the scrape, else in flight from here.
+    Running requests are left out: with continuous batching they barely delay a new one."""
+    if c.metrics is None:
+        return float(c.inflight)
+    return c.metrics.waiting + c.sent_since_scrape
+
+
 class PrefixAffinityScorer(Scorer):
-    """Fraction of the prompt's full blocks already cached on each endpoint.
+    """Fraction of the prompt's full blocks already cached on each endpoint, damped by how much
+    busier than the least loaded candidate the endpoint is (see ``load_slack``).
 
     The index is approximate (what this router sent where) or precise (the engines'
     digests), chosen by ``picking.prefix.mode``; both key on the engine's block hashes.
     """
 
     type_name = "prefix-affinity"
-    Params = NoParams
+    Params = PrefixAffinityParams
 
-    def __init__(self, params: NoParams, index: PrefixIndex) -> None:
-        del params
+    def __init__(self, params: PrefixAffinityParams, index: PrefixIndex) -> None:
+        self._slack = params.load_slack
         self._index = index
 
     async def score(self, req: PickRequest, endpoints: Sequence[Candidate]) -> Mapping[EndpointId, float]:
         hashes = req.block_hashes
-        if not hashes:
+        if not hashes or not endpoints:
             return {}
         total = len(hashes)
-        return {c.url: self._index.matched(c.url, hashes) / total for c in endpoints}
+        scores = {c.url: self._index.matched(c.url, hashes) / total for c in endpoints}
+        slack = self._slack
+        if slack is None:
+            return scores
+        loads = {c.url: endpoint_load(c) for c in endpoints}
+        least = min(loads.values())
+        return {url: score * slack / (slack + loads[url] - least) for url, score in scores.items()}
 
     async def on_picked(self, req: PickRequest, chosen: Candidate) -> None:
         if req.block_hashes:

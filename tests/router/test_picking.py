@@ -23,6 +23,7 @@ from shoal.router.picking.prefix_index import ApproximatePrefixIndex, PrecisePre
 from shoal.router.picking.registry import PluginContext, build_runner, make_prefix_index, registered
 from shoal.router.picking.runner import NoEndpointError, PickResult, PickRunner, WeightedScorer
 from shoal.router.picking.scorers_affinity import (
+    PrefixAffinityParams,
     PrefixAffinityScorer,
     SessionAffinityParams,
     SessionAffinityScorer,
@@ -94,7 +95,7 @@ def test_precise_index_merges_digest_and_recent_sends() -> None:
 
 async def test_prefix_scorer_uses_engine_block_hashes() -> None:
     idx = ApproximatePrefixIndex(1000)
-    scorer = PrefixAffinityScorer(NoParams(), idx)
+    scorer = PrefixAffinityScorer(PrefixAffinityParams(), idx)
     tokens = list(range(64))
     hashes = tuple(prefix_block_hashes(tokens, 16))
     req = PickRequest("r", "m", "p", block_hashes=hashes)
@@ -193,3 +194,28 @@ def test_registry_lists_every_plugin() -> None:
     assert registered("filter") == ["healthy", "not-saturated", "serves-model"]
     assert registered("scorer") == ["kv-usage", "least-requests", "prefix-affinity", "queue-depth", "session-affinity"]
     assert registered("picker") == ["max-score", "random", "round-robin"]
+
+
+async def test_prefix_affinity_is_damped_by_the_preferred_engines_queue() -> None:
+    index = ApproximatePrefixIndex(1000)
+    hashes = tuple(prefix_block_hashes(list(range(160)), 16))
+    index.record("a", hashes)
+    scorer = PrefixAffinityScorer(PrefixAffinityParams(load_slack=4), index)
+    req = PickRequest(request_id="r", model="m", pool="p", block_hashes=hashes)
+    assert await scorer.score(req, [cand("a"), cand("b")]) == {"a": 1.0, "b": 0.0}
+    assert (await scorer.score(req, [cand("a", waiting=2, sent=2), cand("b")]))["a"] == 0.5
+    undamped = PrefixAffinityScorer(PrefixAffinityParams(load_slack=None), index)
+    assert (await undamped.score(req, [cand("a", waiting=50), cand("b")]))["a"] == 1.0
+
+
+async def test_a_burst_sharing_one_system_prompt_is_spread_over_both_engines() -> None:
+    # Issue 11, defect 9: 12 concurrent chats with one system prompt all went to one of two engines.
+    runner = build_runner(PickingConfig(), PluginContext("p", make_prefix_index(PrefixConfig())))
+    sent = {"a": 0, "b": 0}
+    system = list(range(800))
+    for i in range(12):
+        ids = system + [10_000 + i] * 40
+        req = PickRequest(request_id=f"r{i}", model="m", pool="p", block_hashes=tuple(prefix_block_hashes(ids, 16)))
+        result = await runner.pick(req, [cand(u, sent=n) for u, n in sent.items()])
+        sent[result.chosen.url] += 1
+    assert min(sent.values()) >= 3, sent
