@@ -134,11 +134,12 @@ class ProgramScheduler:
 
     def next_deadline(self) -> float | None:
         """The earliest time a decision may come without an event (aging, lease, pin expiry)."""
+        now = self.clock()
         times: list[float] = []
         for p in self._programs.values():
-            times.append(self._last_activity(p, self.clock()) + p.cls.lease_seconds)
+            times.append(self._last_activity(p, now) + p.cls.lease_seconds)
             times.extend(c.arrived_at + self.config.max_wait_s for c in p.waiting.values())
-            if not p.calls and p.pinned_until > 0:
+            if not p.calls and p.pinned_until > now:  # a pin that ran out is no deadline
                 times.append(p.pinned_until)
         return min(times) if times else None
 

@@ -178,3 +178,18 @@ def test_counts_by_class_state_and_activity() -> None:
     assert isinstance(admit, Admit)
     finish(sched, admit.call_id, 700, 1)
     assert sched.program_counts()[("agents", "active", "acting")] == 1
+
+
+def test_next_deadline_is_never_a_pin_that_already_ran_out() -> None:
+    """Regression: an expired pin stayed the earliest deadline, so a timer armed on it never
+    fired and the aging bound was only met at the next periodic tick."""
+    sched, clock = make(max_wait_s=30.0)
+    admit, _ = start(sched, "p", 700)
+    assert isinstance(admit, Admit)
+    finish(sched, admit.call_id, 700, 0)  # pinned for the default 2 s
+    assert sched.next_deadline() == clock.now + 2.0
+    clock.advance(3)
+    other, _ = start(sched, "q", 100)  # p's pin ran out: q fits beside it
+    assert isinstance(other, Admit)
+    deadline = sched.next_deadline()
+    assert deadline is not None and deadline > clock.now
