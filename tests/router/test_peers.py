@@ -11,7 +11,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from shoal.router.config import PeersConfig, RouterConfig, TimeoutsConfig
-from shoal.router.peers import FORWARDED_HEADER, PEER_SECRET_HEADER, PeerSet, program_id_of_path
+from shoal.router.peers import (
+    FORWARDED_HEADER,
+    PEER_SECRET_HEADER,
+    PeerSet,
+    forwarding_secret,
+    program_id_of_path,
+)
 from shoal.router.programs.ownership import owner_of, owner_order
 from shoal.router.upstream import UpstreamClient
 
@@ -114,3 +120,26 @@ def test_forwarded_requests_are_served_where_they_land_only_with_the_secret() ->
                                         FORWARDED_HEADER: "7", "x-shoal-program-id": pid})  # fmt: skip
     assert headers == {"authorization": "Bearer k", "x-shoal-program-id": pid, FORWARDED_HEADER: "1",
                        PEER_SECRET_HEADER: "s3cret"}  # fmt: skip
+
+
+def test_kubernetes_replicas_know_themselves_by_pod_ip(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = PeersConfig.model_validate(
+        {"kubernetes": {"namespace": "ns", "labelSelector": "shoal.dev/router=r", "port": 8080}}
+    )
+    args = (httpx.AsyncClient(), UpstreamClient(1.0), TimeoutsConfig())
+    monkeypatch.delenv("POD_IP", raising=False)
+    with pytest.raises(ValueError, match=r"\$POD_IP is empty"):
+        PeerSet(cfg, *args, CollectorRegistry())
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    peers = PeerSet(cfg, *args, CollectorRegistry())
+    assert peers.self_url == "http://10.1.2.3:8080"
+    peers.set_members(frozenset({"http://10.1.2.3:8080", "http://10.1.2.4:8080"}))  # discovery lists itself too
+    assert peers.live() == ["http://10.1.2.3:8080", "http://10.1.2.4:8080"]
+
+
+def test_a_missing_forwarding_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOAL_PEER_SECRET_TEST", raising=False)
+    with pytest.raises(ValueError, match=r"\$SHOAL_PEER_SECRET_TEST, which is empty or unset"):
+        forwarding_secret("SHOAL_PEER_SECRET_TEST")
+    monkeypatch.setenv("SHOAL_PEER_SECRET_TEST", "x")
+    assert forwarding_secret("SHOAL_PEER_SECRET_TEST") == "x" and forwarding_secret(None) is None
