@@ -51,11 +51,12 @@ class FakeRouters:
         text = resp.json().get("data", {}).get(CLASSES_KEY, "")
         return list(ProgramClassesFile.model_validate(yaml.safe_load(text) or {}).classes)
 
-    def answer(self, namespace: str, router: str) -> tuple[int, dict[str, Any]]:
+    def answer(self, namespace: str, router: str, authorization: str | None = None) -> tuple[int, dict[str, Any]]:
         with self.lock:
             real = self.real.get((namespace, router))
         if real is not None:
-            resp = httpx.get(real + CLASSES_PATH, timeout=5)
+            headers = {"Authorization": authorization} if authorization else {}
+            resp = httpx.get(real + CLASSES_PATH, headers=headers, timeout=5)
             return resp.status_code, resp.json()
         classes = self.loaded(namespace, router)
         if classes is None:
@@ -85,7 +86,7 @@ class FakeRouterServer:
             def do_GET(self) -> None:
                 parts = self.path.strip("/").split("/")
                 if len(parts) == 5 and parts[2:] == ["v1", "programs", "classes"]:
-                    status, payload = routers.answer(parts[0], parts[1])
+                    status, payload = routers.answer(parts[0], parts[1], self.headers.get("Authorization"))
                 else:
                     status, payload = 404, {"error": {"message": f"no route {self.path}", "type": "not_found"}}
                 body = json.dumps(payload).encode()

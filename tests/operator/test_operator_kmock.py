@@ -330,3 +330,104 @@ def test_engine_api_key_becomes_the_routers_upstream_credential(api: Api, operat
     assert {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": ref} in router_env
     router_yaml = yaml.safe_load(api.get(CONFIGMAPS, ns, "front-router")["data"]["router.yaml"])
     assert router_yaml["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
+
+
+def test_a_real_router_loads_the_class_live_and_the_status_shows_it(
+    api: Api, operator: OperatorProcess, routers: FakeRouters, tmp_path: Path
+) -> None:
+    """Issue 9, acceptance 4 end to end: AgentProgram -> classes ConfigMap -> (the kubelet's part,
+    played here: the mounted file is updated) -> a real router process reloads it with no restart ->
+    its GET /v1/programs/classes -> the operator -> AgentProgram status."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    from shoal.operator.local_runtime import free_ports
+
+    ns = "real-router"
+    api.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"}, "stringData": {"alice": "sk-a"}}, ns)
+    api.create(pool("chat"), ns)
+    api.create(router("front", pools=[{"name": "chat"}], auth={"apiKeysSecret": {"name": "keys"}},
+                      programs={"reloadIntervalSeconds": 0.2}), ns)  # fmt: skip
+    cm = wait_for(lambda: api.get(CONFIGMAPS, ns, "front-router"), what="router config")
+    wait_for(lambda: api.get(CONFIGMAPS, ns, "front-router-classes"), what="classes ConfigMap")
+
+    # The router.yaml the operator rendered, with this machine's paths and ports.
+    port = next(free_ports())
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "alice").write_text("sk-a\n")
+    config = yaml.safe_load(cm["data"]["router.yaml"])
+    config["listen"] = {"host": "127.0.0.1", "port": port}
+    config["pools"][0]["endpoints"] = {"static": ["http://127.0.0.1:9"]}
+    config["auth"]["apiKeysFile"] = str(tmp_path / "keys")
+    classes_file = tmp_path / "classes.yaml"
+    config["programs"]["classesFile"] = str(classes_file)
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+
+    stop = threading.Event()
+
+    def kubelet() -> None:  # ConfigMap -> mounted file, swapped atomically as the kubelet does
+        while not stop.is_set():
+            live = api.get(CONFIGMAPS, ns, "front-router-classes")
+            text = live["data"]["classes.yaml"] if live else ""
+            if not classes_file.exists() or classes_file.read_text() != text:
+                (tmp_path / "classes.tmp").write_text(text)
+                (tmp_path / "classes.tmp").replace(classes_file)
+            stop.wait(0.1)
+
+    sync = threading.Thread(target=kubelet, daemon=True)
+    sync.start()
+    wait_for(classes_file.exists, what="classes file")
+    log = open(tmp_path / "router.log", "wb")  # noqa: SIM115 - closed below
+    env = {**os.environ, "SHOAL_STATE_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.router", "--config", str(tmp_path / "router.yaml")],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url), timeout=60, what=f"router up: {(tmp_path / 'router.log').read_text()[-2000:]}")
+        with routers.lock:
+            routers.real[(ns, "front")] = url
+
+        api.create(program("agents", router="front", model="chat-model", priority=70), ns)
+        wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "Available", timeout=30,
+                 what="Ready once the real router loaded the class")  # fmt: skip
+        status = api.get(AGENTPROGRAMS, ns, "agents")["status"]
+        assert (status["activePrograms"], status["queuedPrograms"], status["stepsPerMinute"]) == (0, 0, 0.0)
+        listed = httpx.get(f"{url}/v1/programs/classes", headers={"Authorization": "Bearer sk-a"}).json()["data"]
+        assert [(c["name"], c["priority"]) for c in listed] == [("agents", 70)]
+
+        # Changed: the router reloads the new version; deleted: it drops it. Same process throughout.
+        api.patch(AGENTPROGRAMS, ns, "agents", {"spec": {"priority": 10}})
+        wait_for(lambda: [c["priority"] for c in _classes(url)] == [10], timeout=30, what="new version loaded")
+        wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "Available", what="Ready again")
+        api.delete(AGENTPROGRAMS, ns, "agents")
+        wait_for(lambda: _classes(url) == [], timeout=30, what="class dropped by the router")
+        assert proc.poll() is None, "the router was restarted or died"
+        assert api.get(DEPLOYMENTS, ns, "front-router")["metadata"]["generation"] == 1  # never rolled
+    finally:
+        stop.set()
+        with routers.lock:
+            routers.real.pop((ns, "front"), None)
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code in (200, 503)
+    except httpx.HTTPError:
+        return False
+
+
+def _classes(url: str) -> list[dict[str, Any]]:
+    import httpx
+
+    data: list[dict[str, Any]] = httpx.get(f"{url}/v1/programs/classes", headers={"Authorization": "Bearer sk-a"},
+                                           timeout=5).json()["data"]  # fmt: skip
+    return data
