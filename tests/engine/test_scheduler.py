@@ -111,6 +111,15 @@ def test_preempts_lowest_priority_first() -> None:
     assert high.num_preemptions == 0
 
 
+def test_higher_priority_is_admitted_first() -> None:
+    s = make_scheduler(budget=64, max_seqs=1)
+    low = add(s, 4, "low", priority=0)
+    high = add(s, 4, "high", priority=10)
+    out = run_step(s)
+    assert [item.seq for item in out.scheduled] == [high]
+    assert low.status.value == "waiting"
+
+
 def test_no_starvation_under_steady_stream() -> None:
     s = make_scheduler(blocks=40, block_size=4, budget=12, max_seqs=4)
     big = add(s, 30, "big", max_tokens=3)

@@ -265,3 +265,13 @@ async def test_failed_step_fails_only_the_requests_in_flight(make_client: Any) -
     second = await asyncio.wait_for(post(client, "/v1/completions", {"prompt": "b", "max_tokens": 5}), 5)
     assert second.status_code == 200
     assert "a" in engine.aborted or not engine.has_unfinished_requests()
+
+
+async def test_openapi_describes_the_request_bodies(make_client: Any) -> None:
+    client, _, _ = await make_client()
+    doc = (await client.get("/openapi.json")).json()
+    body = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    chat = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert "messages" in chat["required"] and "top_k" in chat["properties"]
+    assert "CompletionRequest" in doc["components"]["schemas"]

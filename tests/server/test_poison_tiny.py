@@ -121,3 +121,22 @@ async def test_failing_step_ends_a_stream_with_an_error_event(
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error" and "injected fault mid-stream" in error["message"]
     await assert_serving(client)
+
+
+async def test_preemption_and_readmission_log_no_traceback(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    small = LLMEngine(EngineConfig(model=str(tiny_model_dir), num_kv_blocks=12, num_threads=1, max_model_len=128))
+    app = create_app(AsyncEngine(small), ServerSettings(served_model_name="tiny", block_size=small.block_size))
+    body = {"prompt": "hello world " * 5, "max_tokens": 60, "ignore_eos": True, "temperature": 0}
+    caplog.set_level(logging.DEBUG)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            results = await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(6)))
+    assert all(r.status_code == 200 for r in results)
+    assert small.scheduler.num_preemptions > 0, "the pool is small enough to preempt and readmit"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
