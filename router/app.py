@@ -21,7 +21,8 @@ from shoal.router.config import RouterConfig
 from shoal.router.discovery import EndpointSource
 from shoal.router.errors import RouterError, http_error
 from shoal.router.metrics import RouterMetrics
-from shoal.router.peers import PeerSet, forwarding_secret, program_id_of_path
+from shoal.router.peer_forwarding import PeerForwarder, program_id_of_path
+from shoal.router.peers import PeerSet, forwarding_secret
 from shoal.router.pool import PoolRuntime
 from shoal.router.programs.api import register_program_routes
 from shoal.router.programs.gateway import ProgramGateway
@@ -65,7 +66,8 @@ def build_services(
     peers = None
     if cfg.peers is not None:
         secret = forwarding_secret(cfg.programs.forwarded_secret_env)
-        peers = PeerSet(cfg.peers, client, upstream, cfg.timeouts, metrics.registry, secret)
+        peer_set = PeerSet(cfg.peers, client, metrics.registry, secret)
+        peers = PeerForwarder(peer_set, client, upstream, cfg.timeouts, metrics.registry)
     programs = ProgramGateway(
         cfg.programs, pools=pools, client=client, upstream_auth=upstream_auth_headers(upstream_key),
         call_timeout_s=cfg.timeouts.total_s, registry=metrics.registry,

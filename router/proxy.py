@@ -35,7 +35,7 @@ from shoal.router.errors import (
 )
 from shoal.router.metrics import RouterMetrics
 from shoal.router.openai_request import PROGRAM_HEADER, SESSION_HEADER, Kind, ParsedRequest, parse_request
-from shoal.router.peers import PeerSet
+from shoal.router.peer_forwarding import PeerForwarder
 from shoal.router.picking.runner import NoEndpointError
 from shoal.router.picking.types import PickRequest
 from shoal.router.pool import PoolRuntime
@@ -83,7 +83,7 @@ class Services:
     """Prompt templating + tokenization for prefix hashing runs here, off the event loop."""
     programs: ProgramGateway | None = None
     """Agent-program scheduling (requests with a program id); None: every request is one-off."""
-    peers: PeerSet | None = None
+    peers: PeerForwarder | None = None
     """The other router replicas (program ownership); None: this router owns every program."""
 
 

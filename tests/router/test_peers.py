@@ -10,16 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from shoal.router.config import PeersConfig, RouterConfig, TimeoutsConfig
-from shoal.router.peers import (
-    FORWARDED_HEADER,
-    PEER_SECRET_HEADER,
-    PeerSet,
-    forwarding_secret,
-    program_id_of_path,
-)
+from shoal.router.config import PeersConfig, RouterConfig
+from shoal.router.peer_forwarding import program_id_of_path
+from shoal.router.peers import FORWARDED_HEADER, PEER_SECRET_HEADER, PeerSet, forwarding_secret
 from shoal.router.programs.ownership import owner_of, owner_order
-from shoal.router.upstream import UpstreamClient
 
 REPLICAS = ["http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://10.0.0.3:8080"]
 
@@ -86,7 +80,7 @@ def test_peers_config_errors_are_clear() -> None:
 
 def _peer_set(self_url: str, secret: str | None = None) -> PeerSet:
     cfg = PeersConfig.model_validate({"self": self_url, "static": REPLICAS, "downAfterFailures": 2})
-    peers = PeerSet(cfg, httpx.AsyncClient(), UpstreamClient(1.0), TimeoutsConfig(), CollectorRegistry(), secret)
+    peers = PeerSet(cfg, httpx.AsyncClient(), CollectorRegistry(), secret)
     peers.set_members(frozenset(REPLICAS))
     return peers
 
@@ -116,7 +110,7 @@ def test_forwarded_requests_are_served_where_they_land_only_with_the_secret() ->
     assert guarded.owned_elsewhere(pid, {FORWARDED_HEADER: "1"})  # a client cannot pick its replica
     assert guarded.owned_elsewhere(pid, {FORWARDED_HEADER: "1", PEER_SECRET_HEADER: "guess"})
     assert not guarded.owned_elsewhere(pid, {FORWARDED_HEADER: "1", PEER_SECRET_HEADER: "s3cret"})
-    headers = guarded._forward_headers({"authorization": "Bearer k", "host": "x", "content-length": "3",
+    headers = guarded.forward_headers({"authorization": "Bearer k", "host": "x", "content-length": "3",
                                         FORWARDED_HEADER: "7", "x-shoal-program-id": pid})  # fmt: skip
     assert headers == {"authorization": "Bearer k", "x-shoal-program-id": pid, FORWARDED_HEADER: "1",
                        PEER_SECRET_HEADER: "s3cret"}  # fmt: skip
@@ -126,12 +120,11 @@ def test_kubernetes_replicas_know_themselves_by_pod_ip(monkeypatch: pytest.Monke
     cfg = PeersConfig.model_validate(
         {"kubernetes": {"namespace": "ns", "labelSelector": "shoal.dev/router=r", "port": 8080}}
     )
-    args = (httpx.AsyncClient(), UpstreamClient(1.0), TimeoutsConfig())
     monkeypatch.delenv("POD_IP", raising=False)
     with pytest.raises(ValueError, match=r"\$POD_IP is empty"):
-        PeerSet(cfg, *args, CollectorRegistry())
+        PeerSet(cfg, httpx.AsyncClient(), CollectorRegistry())
     monkeypatch.setenv("POD_IP", "10.1.2.3")
-    peers = PeerSet(cfg, *args, CollectorRegistry())
+    peers = PeerSet(cfg, httpx.AsyncClient(), CollectorRegistry())
     assert peers.self_url == "http://10.1.2.3:8080"
     peers.set_members(frozenset({"http://10.1.2.3:8080", "http://10.1.2.4:8080"}))  # discovery lists itself too
     assert peers.live() == ["http://10.1.2.3:8080", "http://10.1.2.4:8080"]
