@@ -24,20 +24,45 @@ def usable_engines(engines: Mapping[str, EngineCapacity], call: Call) -> list[st
     ]
 
 
+def extra_tokens(ledger: EngineLedger | None, program: Program, call: Call) -> int:
+    """KV tokens the call's program would add to an engine (blocks already there count once)."""
+    ledger = ledger or EngineLedger("")
+    tokens = max(program.context_tokens, call.prompt_tokens)
+    if program.key in ledger.members:
+        return max(0, tokens - program.context_tokens)
+    return ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
+
+
 def room_after(
     cap: EngineCapacity, ledger: EngineLedger | None, program: Program, call: Call, low_watermark: float
 ) -> int:
     """Tokens left under the low watermark once the call's program is there (< 0: no room)."""
     ledger = ledger or EngineLedger("")
-    tokens = max(program.context_tokens, call.prompt_tokens)
-    if program.key in ledger.members:
-        extra = max(0, tokens - program.context_tokens)
-    else:
-        extra = ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
+    extra = extra_tokens(ledger, program, call)
     limit = low_watermark * cap.total_tokens
     if ledger.working_set == 0:
         return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
     return int(limit - ledger.working_set - extra)
+
+
+def reservation(
+    engines: Mapping[str, EngineCapacity], ledgers: Mapping[str, EngineLedger], program: Program, call: Call,
+) -> tuple[str, int] | None:
+    """(engine, tokens) to hold back for a call that does not fit yet, so later, smaller calls
+    cannot keep taking the room it waits for: its origin engine, else the least loaded one."""
+    usable = usable_engines(engines, call)
+    if not usable:
+        return None
+    if program.engine in usable:
+        target = program.engine
+    else:
+        target = min(usable, key=lambda u: (_working_set(ledgers, u) / max(1, engines[u].total_tokens), u))
+    return target, extra_tokens(ledgers.get(target), program, call)
+
+
+def _working_set(ledgers: Mapping[str, EngineLedger], url: str) -> int:
+    ledger = ledgers.get(url)
+    return ledger.working_set if ledger is not None else 0
 
 
 def place(
@@ -49,19 +74,24 @@ def place(
     *,
     sticky: bool = False,
     force: bool = False,
+    reserved: Mapping[str, int] | None = None,
 ) -> Placement:
     """The origin engine when it is usable and (unless ``sticky``/``force``) has room; else
     every engine with room (prefix affinity picks among them), charged to the roomiest.
 
     ``sticky``: an active program stays where its KV is; ``force``: the aging bound, the best
-    engine even without room."""
+    engine even without room; ``reserved``: tokens held back per engine for calls ahead in the queue."""
     usable = usable_engines(engines, call)
     if not usable:
         return None, None
     origin = program.engine if program.engine in usable else None
     if origin is not None and (sticky or force):
         return frozenset({origin}), origin
-    rooms = {url: room_after(engines[url], ledgers.get(url), program, call, low_watermark) for url in usable}
+    held = reserved or {}
+    rooms = {
+        url: room_after(engines[url], ledgers.get(url), program, call, low_watermark) - held.get(url, 0)
+        for url in usable
+    }
     fitting = [url for url, room in rooms.items() if room >= 0]
     if origin is not None and origin in fitting:
         return frozenset({origin}), origin

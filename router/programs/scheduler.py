@@ -19,7 +19,7 @@ from shoal.router.programs.accounting import EngineLedger
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.counters import ProgramView, SchedulerCounters
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
-from shoal.router.programs.placement import place
+from shoal.router.programs.placement import place, reservation
 from shoal.router.programs.pressure import plan_relief
 from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
@@ -434,6 +434,7 @@ class ProgramScheduler:
                 active_by_class[p.cls.name] = active_by_class.get(p.cls.name, 0) + 1
         out: list[Decision] = []
         still_waiting: list[Program] = []
+        reserved: dict[str, int] = {}  # room held for the first blocked call per engine: no starvation
         for program, call in waiting:
             if call.call_id not in program.waiting:
                 continue
@@ -448,9 +449,14 @@ class ProgramScheduler:
                 if not slots_free and not forced:
                     still_waiting.append(program)
                     continue
-                engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, force=forced)
+                engines, chosen = place(
+                    self._engines, ledgers, program, call, self.config.low_watermark, force=forced, reserved=reserved
+                )
                 if engines is not None and not engines:
                     still_waiting.append(program)
+                    hold = reservation(self._engines, ledgers, program, call)
+                    if hold is not None and hold[0] not in reserved:
+                        reserved[hold[0]] = hold[1]
                     continue
                 active_by_class[program.cls.name] = active_by_class.get(program.cls.name, 0) + 1
             program.marked = False

@@ -135,9 +135,31 @@ def test_waiting_calls_resume_by_priority_then_wait_time() -> None:
     low_b, _ = start(sched, "low-b", 200, cls="low")
     assert all(isinstance(d, Wait) for d in (low_a, high, low_b))
     decisions = sched.release("big", "t")
-    # high (500) first; then low-a (300) no longer fits under 750 but low-b (200) does.
-    assert [a.program_id for a in admits(decisions)] == ["high", "low-b"]
-    assert sched.view("low-a", "t").lifecycle == "queued"
+    # high (500) first; low-a (300) no longer fits under 750, and the room it waits for is
+    # held for it: low-b (200) would fit, but may not overtake it there.
+    assert [a.program_id for a in admits(decisions)] == ["high"]
+    assert sched.view("low-a", "t").lifecycle == "queued" and sched.view("low-b", "t").lifecycle == "queued"
+    decisions = sched.release("high", "t")
+    assert [a.program_id for a in admits(decisions)] == ["low-a", "low-b"]
+
+
+def test_smaller_calls_do_not_starve_a_waiting_big_one_but_use_other_engines() -> None:
+    sched, _ = make(engines={"A": 100, "B": 100}, retention_default_s=60.0)
+    for pid, engine in (("a1", "A"), ("b1", "B")):
+        admit, _ = start(sched, pid, 500, engine=engine)
+        assert isinstance(admit, Admit)
+        finish(sched, admit.call_id, 500, 0)
+    big, _ = start(sched, "big", 400)
+    assert isinstance(big, Wait)  # 500 + 400 > 750 on both engines
+    sched.release("b1", "t")  # B has room for it now
+    program = sched.find("big", "t")
+    assert program is not None and program.lifecycle.value == "active" and program.engine == "B"
+    held, _ = start(sched, "huge", 600)
+    assert isinstance(held, Wait)  # fits nowhere: it holds the room on B (the less loaded)
+    small, _ = start(sched, "small", 200)
+    assert isinstance(small, Admit) and small.engines == frozenset({"A"})  # backfills the other engine
+    other, _ = start(sched, "other", 300)
+    assert isinstance(other, Wait)  # 400 + 300 fits B under 750, but huge waits there first
 
 
 def test_max_concurrent_programs_per_class() -> None:
