@@ -29,6 +29,7 @@ from shoal.router.programs.gateway import ProgramGateway
 from shoal.router.proxy import ProxyEndpoint, Services
 from shoal.router.reliability import httpx_timeout
 from shoal.router.routes import RouteTable
+from shoal.router.sandboxes.service import attach_sandboxes
 from shoal.router.tenancy import Tenancy, upstream_api_key, upstream_auth_headers
 from shoal.router.upstream import UpstreamClient
 
@@ -165,6 +166,7 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
 
     if s.programs is not None:
         register_program_routes(app, s.programs, s.keys, s.tenancy)
+        attach_sandboxes(app, s)  # tool API, sandbox manager on the gateway, its lifespan
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
