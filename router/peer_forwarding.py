@@ -87,12 +87,13 @@ class PeerForwarder:
             try:
                 async with asyncio.timeout(self._timeouts.first_byte_s):
                     resp = await self._upstream.post(owner, path, body, out_headers)
-            except UpstreamError as exc:
+            except UpstreamConnectError as exc:
                 self.forwards.labels("owner_unreachable").inc()
-                log.info("forward to %s failed before an answer (%s)", owner, exc)
+                log.info("router replica %s unreachable (%s)", owner, exc)
                 self.peers.mark_down(owner)
-                if isinstance(exc, UpstreamConnectError):
-                    continue  # nothing reached it: the next replica in order takes the program
+                continue  # nothing reached it: the next replica in order takes the program
+            except UpstreamError as exc:  # it may have started on the call: not sent twice
+                self.forwards.labels("failed").inc()
                 raise upstream_failed(f"router replica owning the program failed: {exc}") from None
             except TimeoutError:
                 self.forwards.labels("timeout").inc()
@@ -148,15 +149,21 @@ class PeerForwarder:
         query = scope.get("query_string", b"").decode("latin-1")
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
         out_headers = self.peers.forward_headers(headers)
+        # A tool call runs as long as its tool: bounded by the whole-request time, not the idle one.
+        timeout = httpx.Timeout(self._timeouts.total_s, connect=self._timeouts.connect_s)
         while (owner := self.peers.owner(program_id)) != self.peers.self_url:
             try:
-                resp = await self._client.request(scope["method"], owner + target, content=body, headers=out_headers)
-            except httpx.TransportError as exc:
+                resp = await self._client.request(
+                    scope["method"], owner + target, content=body, headers=out_headers, timeout=timeout
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self.forwards.labels("owner_unreachable").inc()
+                log.info("router replica %s unreachable (%s)", owner, exc)
                 self.peers.mark_down(owner)
-                if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-                    continue
-                error = upstream_failed(f"router replica owning the program failed: {exc}")
+                continue
+            except httpx.TransportError as exc:
+                self.forwards.labels("failed").inc()
+                error = upstream_failed(f"router replica owning the program failed: {exc!r}")
                 await error.response()(scope, _replay(b""), send)
                 return None
             self.forwards.labels("forwarded").inc()
@@ -187,7 +194,7 @@ class PeerForwarder:
             if isinstance(answer, httpx.Response):
                 answer = answer.json() if answer.status_code == 200 else None
             if not isinstance(answer, dict):
-                if isinstance(answer, httpx.TransportError):
+                if isinstance(answer, httpx.ConnectError | httpx.ConnectTimeout):
                     self.peers.mark_down(url)
                 continue
             for view in answer.get("data") or []:
