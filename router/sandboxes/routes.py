@@ -24,7 +24,7 @@ from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import SandboxError, SandboxUnavailable
 from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager
 
-TOOL_PATH = "/v1/programs/{program_id}/tools/{tool}"
+TOOL_PATH = "/v1/programs/{program_id:path}/tools/{tool}"
 ANONYMOUS = "anonymous"
 
 

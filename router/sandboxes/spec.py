@@ -53,8 +53,6 @@ class SandboxSpec(StrictModel):
         if self.image is not None and self.resources.max_processes is not None:
             raise ValueError("sandbox: resources.maxProcesses applies to local (command) sandboxes; "
                              "a pod's process count is the node's podPidsLimit")
-        if self.command is not None and self.resources.kubernetes is not None:
-            raise ValueError("sandbox: resources.kubernetes applies to image sandboxes (Kubernetes pods)")
         return self
 
 

@@ -68,7 +68,6 @@ def test_program_ids_that_are_not_label_values_are_hashed() -> None:
     ("sandbox", "message"),
     [
         ({"image": "x", "resources": {"maxProcesses": 10}}, "maxProcesses applies to local"),
-        ({"command": ["true"], "resources": {"kubernetes": {"limits": {"cpu": "1"}}}}, "applies to image"),
     ],
 )
 def test_limits_a_backend_cannot_apply_are_rejected(sandbox: dict[str, Any], message: str) -> None:
