@@ -9,7 +9,7 @@ from typing import Any
 from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
 from shoal.operator.builders.common import Owner, config_hash
 from shoal.operator.builders.program_class import ClassError, cluster_problem, owner_ref, program_class
-from shoal.operator.builders.router import endpoint_url, router_children
+from shoal.operator.builders.router import endpoint_url, router_children, sandbox_problem
 from shoal.operator.builders.router_config import (
     RenderError,
     kubernetes_endpoints,
@@ -89,6 +89,9 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
         if exc.reason == Reason.POOL_NOT_FOUND:
             raise NotReady(exc.reason, exc.message) from None
         raise SpecRejected(exc.reason, exc.message) from None
+    problem = sandbox_problem(owner, spec, rendered)
+    if problem is not None:
+        raise SpecRejected(Reason.FEATURE_NOT_SUPPORTED, problem)
     if spec.auth is not None and ctx.check_secrets:
         secret = spec.auth.api_keys_secret.name
         if await ctx.kube.get(SECRETS, owner.namespace, secret) is None:

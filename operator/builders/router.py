@@ -3,6 +3,8 @@ Service, and RBAC (pod discovery; sandbox pods when an AgentProgram runs image s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from shoal.crds import RouterSpec
@@ -28,10 +30,59 @@ from shoal.operator.builders.router_config import (
     UPSTREAM_KEY_ENV,
     RenderedConfig,
 )
+from shoal.router.sandboxes.kubernetes import RBAC_RULES
 
 CONFIG_DIR = "/etc/shoal/router"
+STATE_DIR = "/var/lib/shoal"
+"""The router's writable directory (an emptyDir; the root filesystem is read-only)."""
+MAX_ROUTER_ID = 40
+"""Longest sandbox router id the router accepts (``sandboxes.routerId``)."""
+POD_NAME_SUFFIX = 17
+"""What a Deployment adds to its name for a pod's name: ``-<template hash, <= 10>-<5>``."""
 SHUTDOWN_SECONDS = 30
 """Time a terminating router gets to finish the requests it is proxying (after the preStop pause)."""
+
+
+def sandbox_router_id(name: str) -> str:
+    """A stable sandbox router id for a one-replica Router (its name, shortened with a hash)."""
+    if len(name) <= MAX_ROUTER_ID:
+        return name
+    return f"{name[: MAX_ROUTER_ID - 9].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def sandbox_problem(owner: Owner, spec: RouterSpec, rendered: RenderedConfig) -> str | None:
+    """Why this Router cannot run its sandbox pods, or None.
+
+    With several replicas each names its sandboxes after its own pod (a replica removes the
+    sandboxes of its id it does not hold when it starts), so pod names must fit the id.
+    """
+    if rendered.image_sandboxes and spec.replicas > 1 and not _pod_named_ids(owner, spec):
+        short = MAX_ROUTER_ID - POD_NAME_SUFFIX - len("-router")
+        return (
+            f"image sandboxes with several router replicas need a Router name of at most {short} characters "
+            f"(sandboxes are named after the router pods)"
+        )
+    return None
+
+
+def _pod_named_ids(owner: Owner, spec: RouterSpec) -> bool:
+    """Replicas name their sandboxes after their pods (several replicas, and the names fit)."""
+    return spec.replicas > 1 and len(child_name(owner)) + POD_NAME_SUFFIX <= MAX_ROUTER_ID
+
+
+def _sandbox_env(owner: Owner, spec: RouterSpec) -> list[dict[str, Any]]:
+    # Always the kubernetes backend, whatever the classes: the pod template must not depend on
+    # the AgentPrograms (no rollout); only the Role's sandbox rights follow them, live.
+    settings = {"backend": "kubernetes", "namespace": owner.namespace}
+    env: list[dict[str, Any]] = [
+        {"name": "SHOAL_STATE_DIR", "value": STATE_DIR},
+        {"name": "SHOAL_SANDBOXES", "value": json.dumps(settings)},
+    ]
+    if _pod_named_ids(owner, spec):
+        env.append({"name": "SHOAL_ROUTER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    else:
+        env.append({"name": "SHOAL_ROUTER_ID", "value": sandbox_router_id(owner.name)})
+    return env
 
 
 def classes_config_map_name(owner: Owner) -> str:
@@ -55,15 +106,17 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "classes", "mountPath": CLASSES_DIR, "readOnly": True},
+        {"name": "state", "mountPath": STATE_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": child_name(owner)}},
         {"name": "classes", "configMap": {"name": classes_config_map_name(owner)}},
+        {"name": "state", "emptyDir": {}},
     ]
     if spec.auth is not None:
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_keys_secret.name}})
-    env: list[dict[str, Any]] = []
+    env = _sandbox_env(owner, spec)
     if spec.replicas > 1:
         # Program ownership: each replica tells the others its own address (peers.self).
         env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
@@ -84,8 +137,7 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
         "volumeMounts": mounts,
         "securityContext": {**container_security(), "readOnlyRootFilesystem": True},
     }
-    if env:
-        container["env"] = env
+    container["env"] = env
     meta = metadata(owner)
     return {
         "apiVersion": "apps/v1",
@@ -138,15 +190,17 @@ def service_account(owner: Owner) -> Manifest:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(owner)}
 
 
-DISCOVERY_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
-"""The router discovers engine replicas by watching pods."""
-SANDBOX_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get", "list", "delete"]},
+DISCOVERY_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list"]},
 ]
-"""Exactly what the Kubernetes sandbox backend calls (router/sandboxes/RBAC.md): one pod per
-sandbox, tools through the exec API, a NetworkPolicy per sandbox; orphans found by listing."""
+"""Read rights every router needs: it discovers engine replicas (and its peers) by watching
+pods, and its sandbox backend lists its pods and NetworkPolicies at start to remove orphans."""
+SANDBOX_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)} for group, resource, verbs in RBAC_RULES
+]
+"""Exactly what the Kubernetes sandbox backend calls (its ``RBAC_RULES``; router/sandboxes/RBAC.md):
+one pod per sandbox, tools through the exec API, a NetworkPolicy per sandbox, orphans by listing."""
 
 
 def role(owner: Owner, *, sandboxes: bool) -> Manifest:

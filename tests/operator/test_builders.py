@@ -193,7 +193,10 @@ def test_router_children_and_config_hash() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "front-router"
     assert {"name": "api-keys", "secret": {"secretName": "keys"}} in pod["volumes"]
-    assert children[1]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert children[1]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list"]},
+    ]
     digest = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
     # Same inputs, same hash; a config change gives a new hash (and so a rollout).
     again = router_children(ROUTER_OWNER, spec, render(spec, POOLS, [], kubernetes_endpoints("team")), Images())
@@ -285,14 +288,14 @@ def test_engine_api_key_reaches_engines_and_the_router_as_its_upstream_credentia
     rendered = render(spec, {"chat": secured}, [], kubernetes_endpoints("team"))
     assert yaml.safe_load(rendered.router_yaml)["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
     router_dep = router_children(ROUTER_OWNER, spec, rendered, Images())[5]
-    assert container(router_dep)["env"] == [
-        {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "token"}}}
-    ]
+    upstream = {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "token"}}}
+    assert upstream in container(router_dep)["env"]
     kubernetes_validate.validate(router_dep, K8S_VERSION, strict=True)
     # Keyless pools: no upstream credential at all.
     plain = render(spec, POOLS, [], kubernetes_endpoints("team"))
     assert "apiKeyEnv" not in str(yaml.safe_load(plain.router_yaml).get("upstream"))
-    assert "env" not in container(router_children(ROUTER_OWNER, spec, plain, Images())[5])
+    plain_env = container(router_children(ROUTER_OWNER, spec, plain, Images())[5])["env"]
+    assert "SHOAL_UPSTREAM_API_KEY" not in {e["name"] for e in plain_env}
     # One router has one upstream credential: pools with different keys are refused.
     other = pool(engine={"auth": {"apiKeySecretRef": {"name": "other-key"}}})
     two = router_spec(pools=[{"name": "chat"}, {"name": "big"}])

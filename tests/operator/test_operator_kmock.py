@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoal.operator.builders.router import DISCOVERY_RULES, SANDBOX_RULES
 from shoal.operator.kube import (
     AGENTPROGRAMS,
     CONFIGMAPS,
@@ -273,6 +274,8 @@ def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: Ope
     assert cls["owner"] == {"apiVersion": "shoal.dev/v1alpha1", "kind": "AgentProgram", "name": "agents",
                             "uid": agents["metadata"]["uid"], "namespace": ns}  # fmt: skip
     assert cls["sandbox"]["resources"]["memoryBytes"] == 256 << 20 and cls["tools"][0]["timeoutS"] == 5
+    # Its sandboxes are pods: the router's Role gains exactly the sandbox rights (live, no restart).
+    wait_for(lambda: api.get(ROLES, ns, "front-router")["rules"] == DISCOVERY_RULES + SANDBOX_RULES, what="Role")
     # Not loaded by the router yet: not Ready, and says why.
     wait_for(lambda: reason_of(api, AGENTPROGRAMS, ns, "agents", "Ready") == "ClassNotLoaded", what="ClassNotLoaded")
     assert condition(api.get(AGENTPROGRAMS, ns, "agents"), "Ready")["status"] == "False"
@@ -310,7 +313,7 @@ def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: Ope
     # Deleted: gone from the file, and the router's Role no longer grants sandbox pods.
     api.delete(AGENTPROGRAMS, ns, "agents")
     wait_for(lambda: classes() == [], what="class removed")
-    wait_for(lambda: len(api.get(ROLES, ns, "front-router")["rules"]) == 1, what="sandbox rights revoked")
+    wait_for(lambda: api.get(ROLES, ns, "front-router")["rules"] == DISCOVERY_RULES, what="sandbox rights revoked")
     assert config_hash(api, ns, "front") == digest
 
 

@@ -226,3 +226,42 @@ def test_router_replicas_find_each_other_for_program_ownership() -> None:
             assert config.peers.kubernetes is not None
             assert config.peers.kubernetes.label_selector == "shoal.dev/router=front,app.kubernetes.io/component=router"
             assert config.peers.kubernetes.port == 8080 and config.peers.kubernetes.namespace == "team"
+
+
+def test_router_pods_run_the_kubernetes_sandbox_backend_whatever_the_classes() -> None:
+    import json
+
+    from shoal.operator.builders.router import sandbox_problem
+    from shoal.router.sandboxes.service import settings_from_env
+
+    def router_env(spec: RouterSpec, owner: Owner, *classes: Any) -> tuple[dict[str, Any], str | None]:
+        rendered = render(spec, POOLS, classes, kubernetes_endpoints("team"))
+        dep = next(c for c in router_children(owner, spec, rendered, Images()) if c["kind"] == "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        assert {"name": "state", "emptyDir": {}} in pod["volumes"]  # writable although the root FS is not
+        kubernetes_validate.validate(dep, "1.32.0", strict=True)
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+        return env, sandbox_problem(owner, spec, rendered)
+
+    image = program_class("coder", program(sandbox=IMAGE_SANDBOX))
+    without, problem = router_env(ROUTER, OWNER)
+    assert problem is None and without["SHOAL_STATE_DIR"] == "/var/lib/shoal"
+    env, problem = router_env(ROUTER, OWNER, image)
+    assert env == without and problem is None  # the classes never change the pod template
+    settings = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})  # what the router reads
+    assert (settings.backend, settings.namespace, settings.router_id) == ("kubernetes", "team", "front")
+    assert json.loads(env["SHOAL_SANDBOXES"]) == {"backend": "kubernetes", "namespace": "team"}
+    # Two replicas: each names its sandboxes after its pod, which must fit a router id.
+    two = RouterSpec.model_validate({"pools": [{"name": "chat"}], "replicas": 2})
+    env, problem = router_env(two, OWNER, image)
+    assert env["SHOAL_ROUTER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}} and problem is None
+    long_two = Owner("Router", "a-rather-long-router", "team", "u")
+    env, problem = router_env(two, long_two)
+    assert problem is None and env["SHOAL_ROUTER_ID"] == "a-rather-long-router"  # no sandbox pods: fine
+    _, problem = router_env(two, long_two, image)
+    assert problem is not None and "at most 16 characters" in problem
+    # One replica: a long name is shortened to a stable, valid id.
+    long_owner = Owner("Router", "a-router-with-a-very-long-name-for-testing-ids", "team", "u")
+    env, problem = router_env(ROUTER, long_owner, image)
+    assert problem is None and len(env["SHOAL_ROUTER_ID"]) <= 40
+    assert settings_from_env({"SHOAL_ROUTER_ID": env["SHOAL_ROUTER_ID"]}).router_id == env["SHOAL_ROUTER_ID"]
