@@ -72,7 +72,10 @@ class PeerForwarder:
 
     # forwarding: generation requests --------------------------------------------------------------
 
-    async def forward(self, program_id: str | None, path: str, body: bytes, headers: Mapping[str, str], send: Send) -> bool:
+    async def forward(
+        self, program_id: str | None, path: str, body: bytes, headers: Mapping[str, str], send: Send,
+        client_addr: str | None = None,
+    ) -> bool:
         """Relay a generation request to the program's owner, streaming its answer back.
 
         Returns False when this replica must serve it itself (it owns the program, the request
@@ -82,7 +85,7 @@ class PeerForwarder:
         if not self.peers.owned_elsewhere(program_id, headers):
             return False
         assert program_id is not None
-        out_headers = self.peers.forward_headers(headers)
+        out_headers = self.peers.forward_headers(headers, client_addr)
         while (owner := self.peers.owner(program_id)) != self.peers.self_url:
             try:
                 async with asyncio.timeout(self._timeouts.first_byte_s):
@@ -148,7 +151,8 @@ class PeerForwarder:
             return _replay(b"")  # the client went away; the local app sees the disconnect
         query = scope.get("query_string", b"").decode("latin-1")
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
-        out_headers = self.peers.forward_headers(headers)
+        client = scope.get("client")
+        out_headers = self.peers.forward_headers(headers, client[0] if client else None)
         # A tool call runs as long as its tool: bounded by the whole-request time, not the idle one.
         timeout = httpx.Timeout(self._timeouts.total_s, connect=self._timeouts.connect_s)
         while (owner := self.peers.owner(program_id)) != self.peers.self_url:

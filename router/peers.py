@@ -33,10 +33,12 @@ log = logging.getLogger("shoal.router.peers")
 
 FORWARDED_HEADER = "x-shoal-forwarded"
 PEER_SECRET_HEADER = "x-shoal-peer-secret"
+CLIENT_ADDR_HEADER = "x-shoal-client-addr"
+"""The client's address, for the owner's per-address rate limit (trusted only with the secret)."""
 POD_IP_ENV = "POD_IP"
 _HOP_BY_HOP = frozenset(
     {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-     "proxy-authorization", "proxy-authenticate", FORWARDED_HEADER, PEER_SECRET_HEADER}
+     "proxy-authorization", "proxy-authenticate", FORWARDED_HEADER, PEER_SECRET_HEADER, CLIENT_ADDR_HEADER}
 )  # fmt: skip
 
 
@@ -125,13 +127,22 @@ class PeerSet:
             return False
         return self.owner(program_id) != self.self_url
 
-    def forward_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+    def forward_headers(self, headers: Mapping[str, str], client_addr: str | None = None) -> dict[str, str]:
         """The client's headers for the owner: hop-by-hop ones dropped, the forwarding mark added."""
         out = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
         out[FORWARDED_HEADER] = "1"
         if self._secret is not None:
             out[PEER_SECRET_HEADER] = self._secret
+            if client_addr:
+                out[CLIENT_ADDR_HEADER] = client_addr
         return out
+
+    def client_addr(self, headers: Mapping[str, str]) -> str | None:
+        """The original client's address of a request a replica forwarded here; None otherwise,
+        and always without a forwarding secret (a client could name any address)."""
+        if self._secret is None or not self.is_forwarded(headers):
+            return None
+        return headers.get(CLIENT_ADDR_HEADER) or None
 
     # background -----------------------------------------------------------------------------------
 

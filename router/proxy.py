@@ -177,7 +177,10 @@ class ProxyEndpoint:
             parsed, key_name = await self._admit(scope, receive, headers)
             watcher = asyncio.create_task(watch_disconnect())
             peers = self.s.peers
-            if peers is not None and await peers.forward(parsed.program_id, self.path, parsed.raw, headers, tracked_send):
+            client = scope.get("client")
+            if peers is not None and await peers.forward(
+                parsed.program_id, self.path, parsed.raw, headers, tracked_send, client[0] if client else None
+            ):
                 return  # another replica owns this program (its state lives there)
             await self._serve(parsed, key_name, headers, tracked_send, started)
         except RouterError as err:
@@ -209,7 +212,8 @@ class ProxyEndpoint:
         if s.peers is not None and s.peers.owned_elsewhere(parsed.program_id, headers):
             return parsed, name  # the owning replica charges the rate limit
         client = scope.get("client")
-        key = name if name is not None else "addr:" + (client[0] if client else "unknown")
+        forwarded_for = s.peers.peers.client_addr(headers) if s.peers is not None else None
+        key = name if name is not None else "addr:" + (forwarded_for or (client[0] if client else "unknown"))
         s.limiter.check(key, tokens=len(raw) // 4 + (parsed.max_tokens or _DEFAULT_MAX_TOKENS))
         return parsed, name
 

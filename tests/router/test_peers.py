@@ -12,7 +12,13 @@ from pydantic import ValidationError
 
 from shoal.router.config import PeersConfig, RouterConfig
 from shoal.router.peer_forwarding import program_id_of_path
-from shoal.router.peers import FORWARDED_HEADER, PEER_SECRET_HEADER, PeerSet, forwarding_secret
+from shoal.router.peers import (
+    CLIENT_ADDR_HEADER,
+    FORWARDED_HEADER,
+    PEER_SECRET_HEADER,
+    PeerSet,
+    forwarding_secret,
+)
 from shoal.router.programs.ownership import owner_of, owner_order
 
 REPLICAS = ["http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://10.0.0.3:8080"]
@@ -111,9 +117,16 @@ def test_forwarded_requests_are_served_where_they_land_only_with_the_secret() ->
     assert guarded.owned_elsewhere(pid, {FORWARDED_HEADER: "1", PEER_SECRET_HEADER: "guess"})
     assert not guarded.owned_elsewhere(pid, {FORWARDED_HEADER: "1", PEER_SECRET_HEADER: "s3cret"})
     headers = guarded.forward_headers({"authorization": "Bearer k", "host": "x", "content-length": "3",
-                                        FORWARDED_HEADER: "7", "x-shoal-program-id": pid})  # fmt: skip
+                                        FORWARDED_HEADER: "7", "x-shoal-program-id": pid,
+                                        CLIENT_ADDR_HEADER: "6.6.6.6"}, client_addr="10.9.8.7")  # fmt: skip
     assert headers == {"authorization": "Bearer k", "x-shoal-program-id": pid, FORWARDED_HEADER: "1",
-                       PEER_SECRET_HEADER: "s3cret"}  # fmt: skip
+                       PEER_SECRET_HEADER: "s3cret", CLIENT_ADDR_HEADER: "10.9.8.7"}  # fmt: skip
+    # The owner rate-limits a keyless forwarded call by the client's address, not the forwarder's,
+    # and believes that address only from a replica holding the secret.
+    assert guarded.client_addr(headers) == "10.9.8.7"
+    assert guarded.client_addr({**headers, PEER_SECRET_HEADER: "guess"}) is None
+    assert open_peers.client_addr({FORWARDED_HEADER: "1", CLIENT_ADDR_HEADER: "10.9.8.7"}) is None
+    assert CLIENT_ADDR_HEADER not in open_peers.forward_headers({}, client_addr="10.9.8.7")
 
 
 def test_kubernetes_replicas_know_themselves_by_pod_ip(monkeypatch: pytest.MonkeyPatch) -> None:
