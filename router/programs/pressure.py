@@ -8,6 +8,7 @@ every reasoning program on the engine instead (its over-pausing bug).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shoal.router.programs.accounting import EngineLedger
@@ -22,8 +23,14 @@ class Relief:
     mark: list[Program] = field(default_factory=list)
 
 
-def plan_relief(ledger: EngineLedger, capacity_tokens: int, high_watermark: float, low_watermark: float) -> Relief:
+def plan_relief(
+    ledger: EngineLedger, capacity_tokens: int, high_watermark: float, low_watermark: float,
+    idle_for: Callable[[Program], float] | None = None,
+) -> Relief:
     """Programs to pause and to mark on one engine; paused ones are removed from ``ledger``.
+
+    ``idle_for``: expected seconds until an acting program's next call (its tool's remaining
+    time); acting programs expected back last are paused first.
 
     Below the low watermark, standing marks are lifted (the pressure passed)."""
     working_set = ledger.working_set
@@ -41,7 +48,7 @@ def plan_relief(ledger: EngineLedger, capacity_tokens: int, high_watermark: floa
             pool = [p for p in ledger.members.values() if bool(p.calls) == reasoning and not p.marked]
             if not pool:
                 break
-            victim = pick_victim(pool, ledger, overflow)
+            victim = pick_victim(pool, ledger, overflow, None if reasoning else idle_for)
             overflow -= ledger.marginal(victim)
             if reasoning:
                 victim.marked = True
@@ -52,11 +59,16 @@ def plan_relief(ledger: EngineLedger, capacity_tokens: int, high_watermark: floa
     return relief
 
 
-def pick_victim(pool: list[Program], ledger: EngineLedger, overflow: float) -> Program:
-    """Lowest class priority first; within it the smallest program that covers the overflow
-    alone, else the largest (fewest pauses, none beyond the overflow); ties: longest idle."""
+def pick_victim(
+    pool: list[Program], ledger: EngineLedger, overflow: float, idle_for: Callable[[Program], float] | None = None
+) -> Program:
+    """Lowest class priority first; within it the program expected back last (``idle_for``),
+    else the smallest program that covers the overflow alone, else the largest (fewest
+    pauses, none beyond the overflow); ties: longest idle."""
     lowest = min(p.cls.priority for p in pool)
     level = sorted((p for p in pool if p.cls.priority == lowest), key=lambda p: (p.last_activity, p.program_id))
+    if idle_for is not None:
+        return max(level, key=idle_for)
     sizes = {p.key: ledger.marginal(p) for p in level}
     covering = [p for p in level if sizes[p.key] >= overflow]
     if covering:

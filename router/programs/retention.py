@@ -77,3 +77,14 @@ class RetentionPolicy:
         if not known:
             return None
         return max(self.ttl(s) for s in known)
+
+    def remaining(self, samples: Sequence[float], elapsed: float) -> float:
+        """Expected seconds until a tool that has run ``elapsed`` seconds returns: the mean
+        excess of the observed durations beyond it; a tool that outlived every observation
+        is expected to run as long again (heavy tails); the default without history."""
+        if len(samples) < self.min_samples:
+            return max(0.0, self.default_s - elapsed)
+        longer = [d for d in samples if d > elapsed]
+        if not longer:
+            return elapsed
+        return sum(longer) / len(longer) - elapsed

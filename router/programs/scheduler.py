@@ -363,6 +363,12 @@ class ProgramScheduler:
             program.cls.priority, resumed=resumed, forced=forced,
         )
 
+    def _expected_idle(self, program: Program, now: float) -> float:
+        """Seconds until an acting program's next call, from its tools' observed durations."""
+        elapsed = now - (program.last_call_end if program.last_call_end is not None else program.last_activity)
+        tools = [t for t in program.last_tools if self.durations.count(program.cls.name, t)] or [ANY_TOOL]
+        return max(self.retention.remaining(self.durations.samples(program.cls.name, t), elapsed) for t in tools)
+
     def _retention_for(self, program: Program) -> float:
         """TTL asked with a call, before its tools are known: the class's pooled gaps."""
         return self.retention.ttl(self.durations.samples(program.cls.name, ANY_TOOL))
@@ -419,7 +425,10 @@ class ProgramScheduler:
             cap = self._engines.get(url)
             if cap is None or cap.total_blocks <= 0:
                 continue
-            relief = plan_relief(ledger, cap.total_tokens, self.config.high_watermark, self.config.low_watermark)
+            relief = plan_relief(
+                ledger, cap.total_tokens, self.config.high_watermark, self.config.low_watermark,
+                lambda p: self._expected_idle(p, now),
+            )
             out.extend(self._pause(program, url, now) for program in relief.pause)
         return out
 

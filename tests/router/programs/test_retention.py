@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sched_helpers import finish, make, start
+from sched_helpers import finish, make, pauses, start
 
 from shoal.router.programs.decisions import Admit, Unpin
 from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
@@ -70,3 +70,32 @@ def test_sandbox_reported_durations_are_not_counted_twice() -> None:
     sched.tool_finished("p", "t", "bash", 3.0)
     start(sched, "p", 110)
     assert sched.durations.samples("agents", "bash") == (3.0,)
+
+
+def test_expected_remaining_tool_time() -> None:
+    policy = RetentionPolicy(default_s=2.0, max_s=300.0, break_even_s=30.0)
+    samples = [1.0, 1.0, 1.0, 100.0]
+    assert policy.remaining(samples, 0.0) == 25.75
+    assert policy.remaining(samples, 2.0) == 98.0  # past the body: only the tail is left
+    assert policy.remaining(samples, 200.0) == 200.0  # outlived every observation: as long again
+    assert policy.remaining([], 0.5) == 1.5
+
+
+def test_acting_programs_expected_back_last_are_paused_first() -> None:
+    sched, clock = make(retention_break_even_s=1000.0)  # re-prefills so dear that both stay pinned
+    for _ in range(3):
+        sched.durations.observe("agents", ["quick"], 1.0)
+        sched.durations.observe("agents", ["build"], 100.0)
+    calls = {}
+    for pid, tokens in (("quick", 250), ("slow", 300), ("grower", 200)):
+        admit, _ = start(sched, pid, tokens)
+        assert isinstance(admit, Admit)
+        calls[pid] = admit.call_id
+    finish(sched, calls["quick"], 250, 0, tools=["quick"])
+    finish(sched, calls["slow"], 300, 0, tools=["build"])
+    finish(sched, calls["grower"], 200, 0)
+    clock.advance(0.5)
+    # 250 + 300 + 420 = 970 > 900: 220 over low. "quick" (250) would cover it alone, but it is
+    # due back in half a second; "slow" waits for a 100 s build.
+    _, others = start(sched, "grower", 420)
+    assert pauses(others) == ["slow"]
