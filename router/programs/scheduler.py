@@ -19,6 +19,7 @@ from shoal.router.programs.accounting import EngineLedger
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.counters import ProgramView, SchedulerCounters
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
+from shoal.router.programs.leases import lease_expired, lost_calls, next_deadline
 from shoal.router.programs.placement import place, reservation
 from shoal.router.programs.pressure import plan_relief
 from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
@@ -134,14 +135,7 @@ class ProgramScheduler:
 
     def next_deadline(self) -> float | None:
         """The earliest time a decision may come without an event (aging, lease, pin expiry)."""
-        now = self.clock()
-        times: list[float] = []
-        for p in self._programs.values():
-            times.append(self._last_activity(p, now) + p.cls.lease_seconds)
-            times.extend(c.arrived_at + self.config.max_wait_s for c in p.waiting.values())
-            if not p.calls and p.pinned_until > now:  # a pin that ran out is no deadline
-                times.append(p.pinned_until)
-        return min(times) if times else None
+        return next_deadline(self._programs.values(), self.clock(), self.config.max_wait_s, self.call_timeout_s)
 
     # events ----------------------------------------------------------------------------------------
 
@@ -317,13 +311,6 @@ class ProgramScheduler:
                 return [Unpin(program.program_id, program.tenant, engine)]
         return []
 
-    def _last_activity(self, program: Program, now: float) -> float:
-        """Activity time; a call in flight or waiting counts only up to the router's timeout."""
-        last = program.last_activity
-        for call in (*program.calls.values(), *program.waiting.values()):
-            last = max(last, min(now, (call.started_at or call.arrived_at) + self.call_timeout_s))
-        return last
-
     def _ledgers(self, now: float) -> dict[str, EngineLedger]:
         ledgers: dict[str, EngineLedger] = {}
         for program in self._programs.values():
@@ -407,15 +394,14 @@ class ProgramScheduler:
     def _expire(self, now: float) -> list[Decision]:
         out: list[Decision] = []
         for program in list(self._programs.values()):
-            for call_id, call in list(program.calls.items()):
+            for call_id in lost_calls(program, now, self.call_timeout_s):
+                call = program.calls.pop(call_id)
+                self._call_owner.pop(call_id, None)
                 timed_out_at = (call.started_at or call.arrived_at) + self.call_timeout_s
-                if timed_out_at < now:
-                    del program.calls[call_id]  # the router's own timeout ended it: a lost call
-                    program.last_activity = max(program.last_activity, timed_out_at)
-                    self._call_owner.pop(call_id, None)
-                    if not program.calls and program.marked and program.engine is not None:
-                        out.append(self._pause(program, program.engine, now))
-            if now - self._last_activity(program, now) > program.cls.lease_seconds:
+                program.last_activity = max(program.last_activity, timed_out_at)
+                if not program.calls and program.marked and program.engine is not None:
+                    out.append(self._pause(program, program.engine, now))
+            if lease_expired(program, now, self.call_timeout_s):
                 out += self._terminate(program, "lease", now)
         return out
 
