@@ -34,6 +34,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._heads_completed = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._rejected = False
 
@@ -67,10 +68,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
-        was_in_head = self._in_head
+        was_in_head, heads_completed = self._in_head, self._heads_completed
         super().data_received(data)
-        # httptools buffers an unfinished header whole: count what arrives until the head is done
-        if was_in_head and self._in_head and not self._rejected:
+        # httptools buffers an unfinished header whole: count what arrives while no head completes
+        if was_in_head and self._in_head and self._heads_completed == heads_completed and not self._rejected:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._reject_head_size()
@@ -97,6 +98,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._rejected:
             return
         self._in_head = False
+        self._heads_completed += 1
         self._cancel_head_timer()
         if self._header_count > self.max_header_count:
             self._reject(431, f"Too many request headers (at most {self.max_header_count}).",

@@ -166,3 +166,19 @@ def test_text_that_cannot_fit_is_refused_before_tokenizing(make_client: Any) -> 
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         assert not calls
+
+
+def test_a_body_bigger_than_the_head_limit_in_one_packet_is_not_a_big_head() -> None:
+    app = build_app(FakeEngine(max_model_len=10**5), max_header_bytes=LIMITS.max_header_bytes)
+    with serve_in_thread(app, LIMITS) as url, connect(url) as sock:
+        body = json.dumps({"prompt": "x" * 20_000, "max_tokens": 1}).encode()
+        request = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body)) + body  # fmt: skip
+        for _ in range(2):  # the second one follows a finished request on the same connection
+            sock.sendall(request)
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            received = len(head.partition(b"\r\n\r\n")[2])
+            while received < length:
+                received += len(sock.recv(65536))
