@@ -34,6 +34,7 @@ from shoal.operator.local_runtime import (
     stop_running,
 )
 from shoal.operator.manifests import ManifestError, load_stack
+from shoal.operator.router_classes import CLASSES_PATH, ClassesUnavailable, parse_classes
 from shoal.operator.run_operator import add_operator_args, run_operator
 
 DEMO_QUESTION = "What is the capital of France? Answer in one short sentence."
@@ -176,7 +177,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     for name, url in state.endpoints.items():
         console.print(f"{name}: {url}")
+        if any(p["name"] == f"router/{name}" for p in state.processes):
+            _print_classes(args.state_dir, name, url)
     return 0 if healthy else 1
+
+
+def _print_classes(state_dir: Path, router: str, url: str) -> None:
+    """The router's program classes (what an AgentProgram's status shows in a cluster)."""
+    keys = sorted((state_dir / "routers" / router / "api-keys").glob("*"))
+    headers = {"Authorization": f"Bearer {keys[0].read_text().strip()}"} if keys else {}
+    try:
+        with httpx.Client(trust_env=False, timeout=2) as client:
+            resp = client.get(f"{url.removesuffix('/v1')}{CLASSES_PATH}", headers=headers)
+        resp.raise_for_status()
+        answer = parse_classes(resp.json())
+    except (httpx.HTTPError, ValueError, ClassesUnavailable) as exc:
+        console.print(f"  program classes: unavailable ({exc})", markup=False, highlight=False)
+        return
+    if answer.file_error:
+        console.print(f"  classes file not loaded: {answer.file_error}", markup=False, highlight=False)
+    if not answer.classes:
+        console.print("  program classes: none")
+        return
+    table = Table(box=None, title=f"{router}: program classes", title_justify="left")
+    for column in ("class", "active", "paused", "queued", "steps/min"):
+        table.add_column(column)
+    for c in answer.classes.values():
+        table.add_row(c.name, str(c.active), str(c.paused), str(c.queued), f"{c.steps_per_minute:g}")
+    console.print(table)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -135,6 +135,8 @@ def test_up_demo_status_down_leaves_no_process(tmp_path: Path) -> None:
         status = up.cli("status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("healthy") == 3
+        # The AgentProgram is a class the real router loaded (read with the router's API key).
+        assert "front: program classes" in status.stdout and "coder" in status.stdout, status.stdout
         down = up.cli("down")
         assert down.returncode == 0 and "stopped" in down.stdout
         assert up.proc.wait(30) == 0
