@@ -250,13 +250,17 @@ class ProgramScheduler:
             return []
         if call_id in program.waiting:
             del program.waiting[call_id]
-            return self._rebalance(now)
-        call = program.calls.pop(call_id, None)
-        if call is None:
-            return []
-        call.retention_s = 0.0
-        program.last_tools = ()
-        return self._call_ended(program, call, now) + self._rebalance(now)
+            out: list[Decision] = []
+        else:
+            call = program.calls.pop(call_id, None)
+            if call is None:
+                return []
+            call.retention_s = 0.0
+            program.last_tools = ()
+            out = self._call_ended(program, call, now)
+        if program.turns == 0 and not program.calls and not program.waiting:
+            out += self._terminate(program, "abandoned", now)  # never ran a turn: holds no slot
+        return out + self._rebalance(now)
 
     def cancel(self, call_id: str) -> list[Decision]:
         """A waiting call was given up (its client left): forget it."""

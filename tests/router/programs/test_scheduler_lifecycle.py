@@ -215,3 +215,20 @@ def test_next_deadline_is_never_a_pin_that_already_ran_out() -> None:
     assert isinstance(other, Admit)
     deadline = sched.next_deadline()
     assert deadline is not None and deadline > clock.now
+
+
+def test_a_program_whose_only_calls_failed_or_left_holds_no_slot() -> None:
+    sched, _ = make([klass(max_concurrent_programs=1)])
+    start(sched, "big", 700)
+    held, _ = start(sched, "gone", 100)
+    assert isinstance(held, Wait)
+    decisions = sched.cancel(held.call_id)  # its client left while it waited
+    assert Terminate("gone", "t", None, "abandoned") in decisions
+    with pytest.raises(ProgramNotFound):
+        sched.view("gone", "t")
+    failed = sched.find("big", "t")
+    assert failed is not None
+    (call_id,) = failed.calls
+    sched.call_failed(call_id)  # its first call failed upstream: no turn, no slot kept
+    again, _ = start(sched, "next", 100)
+    assert isinstance(again, Admit)
