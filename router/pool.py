@@ -174,7 +174,8 @@ class PoolRuntime:
         was_out = not state.breaker.available
         if self.endpoints.probe_passed(url):
             log.info("pool %s: %s readmitted", self.name, url)
-            want_models = want_digest = True
+            want_models = True
+            want_digest = isinstance(self.prefix_index, PrecisePrefixIndex)
         elif was_out:
             return  # still inside its hold time
         taken_at = self._clock()

@@ -37,8 +37,9 @@ def _free_port() -> int:
 
 
 class EngineProc:
-    def __init__(self, model: Path, port: int, log: Path) -> None:
+    def __init__(self, model: Path, port: int, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.model, self.port, self.log = model, port, log
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
@@ -48,7 +49,7 @@ class EngineProc:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shoal.engine", "serve", "--model", str(self.model), "--host", "127.0.0.1",
                  "--port", str(self.port), "--served-model-name", "tiny", "--device", "cpu", "--num-threads", "1",
-                 "--max-num-seqs", "16", "--log-level", "warning"],
+                 "--max-num-seqs", "16", "--log-level", "warning", *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
 
