@@ -68,7 +68,7 @@ def build_services(
     if cfg.peers is not None:
         secret = forwarding_secret(cfg.programs.forwarded_secret_env)
         peer_set = PeerSet(cfg.peers, client, metrics.registry, secret)
-        peers = PeerForwarder(peer_set, client, upstream, cfg.timeouts, metrics.registry)
+        peers = PeerForwarder(peer_set, client, upstream, cfg.timeouts, metrics.registry, cfg.programs.max_wait_s)
     programs = ProgramGateway(
         cfg.programs, pools=pools, client=client, upstream_auth=upstream_auth_headers(upstream_key),
         call_timeout_s=cfg.timeouts.total_s, registry=metrics.registry,

@@ -50,11 +50,15 @@ class PeerForwarder:
         upstream: UpstreamClient,
         timeouts: TimeoutsConfig,
         registry: CollectorRegistry,
+        program_hold_s: float = 0.0,
     ) -> None:
         self.peers = peers
         self._client = client
         self._upstream = upstream
         self._timeouts = timeouts
+        # The owner answers once the engine's first byte arrives, after holding the call as
+        # long as the program scheduler makes it wait (at most its aging bound).
+        self._answer_s = timeouts.first_byte_s + program_hold_s
         self.forwards = Counter(
             "shoal_router_peer_forwards", "Requests forwarded to the replica owning their program, by outcome.",
             ["outcome"], registry=registry,
@@ -88,7 +92,7 @@ class PeerForwarder:
         out_headers = self.peers.forward_headers(headers, client_addr)
         while (owner := self.peers.owner(program_id)) != self.peers.self_url:
             try:
-                async with asyncio.timeout(self._timeouts.first_byte_s):
+                async with asyncio.timeout(self._answer_s):
                     resp = await self._upstream.post(owner, path, body, out_headers)
             except UpstreamConnectError as exc:
                 self.forwards.labels("owner_unreachable").inc()
