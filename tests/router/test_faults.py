@@ -4,9 +4,11 @@ readmission, 429 spill-over (fake engines on 127.0.0.1; fast)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import httpx
+import pytest
 from _fakes import FakeEngine
 from test_proxy_fake import Harness, chat_body
 
@@ -66,7 +68,7 @@ async def test_engine_failing_its_health_after_a_5xx_is_ejected_at_once() -> Non
         assert _healthy(h) == 1
 
 
-async def test_engine_back_gets_traffic_within_5_s_of_its_health_turning_good() -> None:
+async def test_engine_back_gets_traffic_within_5_s_of_its_health_turning_good(caplog: pytest.LogCaptureFixture) -> None:
     back, other = FakeEngine("back"), FakeEngine("other")
     cfg = {"circuitBreaker": {"consecutiveFailures": 2, "ejectS": 1.0, "maxEjectS": 30}}
     async with Harness([back, other], cfg) as h, httpx.AsyncClient(base_url=h.url) as c:
@@ -88,6 +90,7 @@ async def test_engine_back_gets_traffic_within_5_s_of_its_health_turning_good() 
             assert r.status_code == 200
             i += 1
             await asyncio.sleep(0.02)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no poll crashed on readmission
 
 
 async def test_full_engine_429_spills_to_one_with_room_and_all_full_passes_retry_after() -> None:
