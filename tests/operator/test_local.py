@@ -181,3 +181,32 @@ def test_up_refuses_to_run_twice(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "shoal.operator", "up", "-f", str(REPO / "crds/examples/local"),
                            "--state-dir", str(state)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 1 and "already running" in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_local_agentprogram_example_runs_its_tool_in_a_sandbox_and_leaves_nothing(tmp_path: Path) -> None:
+    """crds/examples/local/agentprogram.yaml under `shoal up`: its class is loaded, its tool runs in a
+    network-less sandbox under the state dir, and `shoal down` leaves no sandbox behind."""
+    import httpx
+
+    up = Up(tmp_path, REPO / "crds" / "examples" / "local", *FAKE)
+    try:
+        state = up.wait_ready()
+        url = state.endpoints["local"]
+        chat = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}],
+                "program_id": "p1", "program_class": "coder", "max_tokens": 4}  # fmt: skip
+        assert httpx.post(f"{url}/chat/completions", json=chat, timeout=30).status_code == 200
+        tool = f"{url}/programs/p1/tools/run_python"
+        ran = httpx.post(tool, json={"arguments": {"code": "import os; print(6 * 7, os.getcwd())"}}, timeout=30).json()
+        assert ran["exit_code"] == 0 and ran["stdout"].startswith("42 "), ran
+        sandbox_dir = Path(ran["stdout"].split()[1])
+        assert sandbox_dir.is_relative_to(up.state / "routers" / "local") and sandbox_dir.is_dir()
+        code = "import socket; socket.create_connection(('127.0.0.1', %d), timeout=2)" % up.port
+        offline = httpx.post(tool, json={"arguments": {"code": code}}, timeout=30).json()
+        assert offline["exit_code"] != 0 and "unreachable" in offline["stderr"], offline  # network: none
+        assert up.cli("down").returncode == 0
+        assert up.proc.wait(30) == 0
+        assert not sandbox_dir.exists()
+    finally:
+        up.kill()
