@@ -202,7 +202,7 @@ def test_local_agentprogram_example_runs_its_tool_in_a_sandbox_and_leaves_nothin
         assert ran["exit_code"] == 0 and ran["stdout"].startswith("42 "), ran
         sandbox_dir = Path(ran["stdout"].split()[1])
         assert sandbox_dir.is_relative_to(up.state / "routers" / "local") and sandbox_dir.is_dir()
-        code = "import socket; socket.create_connection(('127.0.0.1', %d), timeout=2)" % up.port
+        code = f"import socket; socket.create_connection(('127.0.0.1', {up.port}), timeout=2)"
         offline = httpx.post(tool, json={"arguments": {"code": code}}, timeout=30).json()
         assert offline["exit_code"] != 0 and "unreachable" in offline["stderr"], offline  # network: none
         assert up.cli("down").returncode == 0
