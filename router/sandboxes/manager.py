@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import Sandbox, SandboxBackend, SandboxError, ToolCall, ToolResult, Usage
 from shoal.router.sandboxes.metrics import SandboxMetrics
 from shoal.router.sandboxes.settings import SandboxSettings
-from shoal.router.sandboxes.spec import SandboxSpec
+from shoal.router.sandboxes.warm_pool import WarmPool
 
 log = logging.getLogger("shoal.router.sandboxes")
 T = TypeVar("T")
@@ -79,20 +80,21 @@ class SandboxManager:
         self.metrics = metrics or SandboxMetrics()
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._warm: dict[str, list[Sandbox]] = {}
-        self._warm_specs: dict[str, SandboxSpec] = {}
-        self._warm_filling: dict[str, int] = {}
-        self._classes: dict[str, ProgramClassConfig] = {}
+        self.warm = WarmPool(self.backend.check, self._create_warm, self._destroy, self._room, self._spawn)
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_preparations)
         self._background: set[asyncio.Task[Any]] = set()
         self._gc_task: asyncio.Task[None] | None = None
+        # Tool calls hold a thread for their whole run: a pool of their own keeps long tools
+        # from starving the event loop's default executor (and each other, up to workerThreads).
+        self._threads = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="sandbox")
+        self._observe()
 
     # lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Remove orphans of an earlier run, fill the warm pools, start the GC timer."""
         await self.recover()
-        self._refill_all()
+        self.warm.refill_all()
         self._gc_task = asyncio.create_task(self._gc_loop(), name="sandbox-gc")
 
     async def stop(self) -> None:
@@ -101,23 +103,16 @@ class SandboxManager:
             self._gc_task.cancel()
         for pid in list(self._entries):
             await self.release(pid, reason="shutdown")
-        self._classes.clear()
+        self.warm.classes.clear()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
-        for name in list(self._warm):
-            for sb in self._warm.pop(name):
-                await self._destroy(sb, "shutdown")
+        await self.warm.drain("shutdown")
+        self._threads.shutdown(wait=False)
 
     def set_classes(self, classes: Iterable[ProgramClassConfig]) -> None:
         """The current program classes: their warm pools are kept at ``warmPoolSize``; warm
         sandboxes of a changed or removed class are removed."""
-        self._classes = {c.name: c for c in classes if c.sandbox is not None}
-        for name in list(self._warm):
-            cls = self._classes.get(name)
-            if cls is None or cls.sandbox != self._warm_specs.get(name):
-                for sb in self._warm.pop(name):
-                    self._spawn(self._destroy(sb, "class_changed"))
-        self._refill_all()
+        self.warm.set_classes(classes)
 
     # the program-facing API ------------------------------------------------------------------------
 
@@ -186,8 +181,8 @@ class SandboxManager:
                         f"the sandbox uses {entry.over_disk} bytes of disk, over its limit of "
                         f"{cls.sandbox.resources.disk_bytes if cls.sandbox else 0}; release the program"
                     )
-                result = await asyncio.to_thread(self.backend.run, sandbox, cls, call)
-                entry.usage = await asyncio.to_thread(self.backend.usage, sandbox)
+                result = await self._blocking(self.backend.run, sandbox, cls, call)
+                entry.usage = await self._blocking(self.backend.usage, sandbox)
         finally:
             entry.busy -= 1
             entry.last_activity = self.clock()
@@ -227,7 +222,7 @@ class SandboxManager:
             and entry.task.exception() is None  # fmt: skip
         if ready:
             assert entry.task is not None
-            entry.usage = await asyncio.to_thread(self.backend.usage, entry.task.result())
+            entry.usage = await self._blocking(self.backend.usage, entry.task.result())
         sandbox = entry.task.result() if ready and entry.task is not None else None
         return {
             "program_id": program_id,
@@ -248,7 +243,7 @@ class SandboxManager:
 
     def states(self) -> dict[str, int]:
         """Sandboxes by state (metrics, benchmarks)."""
-        counts = {"preparing": 0, "idle": 0, "busy": 0, "warm": sum(len(v) for v in self._warm.values())}
+        counts = {"preparing": 0, "idle": 0, "busy": 0, "warm": self.warm.ready()}
         for entry in self._entries.values():
             counts[self._state(entry)] = counts.get(self._state(entry), 0) + 1
         return counts
@@ -265,15 +260,14 @@ class SandboxManager:
         ]  # fmt: skip
         for pid in expired:
             await self.release(pid, reason="ttl")
-        self._publish()
         return len(expired)
 
     async def recover(self) -> int:
         """Remove every sandbox of this router the backend finds that this manager does not hold."""
-        held = {sb.sandbox_id for sbs in self._warm.values() for sb in sbs}
+        held = self.warm.ids()
         held |= {e.task.result().sandbox_id for e in self._entries.values()
                  if e.task is not None and e.task.done() and not e.task.cancelled() and e.task.exception() is None}  # fmt: skip
-        orphans = [sb for sb in await asyncio.to_thread(self.backend.list_existing) if sb.sandbox_id not in held]
+        orphans = [sb for sb in await self._blocking(self.backend.list_existing) if sb.sandbox_id not in held]
         for sb in orphans:
             log.info("removing orphaned sandbox %s (program %s)", sb.sandbox_id, sb.program_id)
             await self._destroy(sb, "orphan")
@@ -287,8 +281,8 @@ class SandboxManager:
         return "busy" if entry.busy else "idle"
 
     def _new_entry(self, program_id: str, cls: ProgramClassConfig, wait_for_slot: bool) -> _Entry:
-        alive = len(self._entries) + sum(len(v) for v in self._warm.values())
-        if alive >= self.settings.max_sandboxes and not self._warm.get(cls.name):
+        alive = len(self._entries) + self.warm.held()
+        if alive >= self.settings.max_sandboxes and not self.warm.has(cls.name):
             raise SandboxLimitReached(f"{alive} sandboxes are alive, the router's limit (sandboxes.maxSandboxes)")
         now = self.clock()
         entry = _Entry(program_id, cls, now, now)
@@ -297,11 +291,10 @@ class SandboxManager:
         return entry
 
     async def _prepare(self, entry: _Entry, wait_for_slot: bool) -> Sandbox:
-        warm = self._warm.get(entry.cls.name)
-        if warm:
+        warm = self.warm.take(entry.cls)
+        if warm is not None:
             entry.started, entry.kind = True, "warm"
-            sandbox = await self._in_thread(self.backend.assign, warm.pop(), entry.program_id)
-            self._refill(entry.cls)
+            sandbox = await self._in_thread(self.backend.assign, warm, entry.program_id)
             entry.prepare_s = 0.0
         elif wait_for_slot:
             async with self._slots:
@@ -313,7 +306,6 @@ class SandboxManager:
         if self._entries.get(entry.program_id) is not entry:  # released while it was being prepared
             await self._destroy(sandbox, "release")
             raise SandboxError(f"program {entry.program_id} was released")
-        self._publish()
         return sandbox
 
     async def _create(self, cls: ProgramClassConfig, program_id: str | None) -> tuple[Sandbox, float]:
@@ -325,9 +317,12 @@ class SandboxManager:
         self.metrics.prepare_seconds.observe(seconds)
         return sandbox, seconds
 
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking backend work; if the caller is cancelled, a sandbox it created is removed."""
-        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -340,62 +335,37 @@ class SandboxManager:
 
     async def _destroy(self, sandbox: Sandbox, reason: str) -> None:
         try:
-            await asyncio.to_thread(self.backend.destroy, sandbox)
+            await self._blocking(self.backend.destroy, sandbox)
         except Exception as exc:  # logged and counted: the next recover() tries again
             log.error("sandbox %s could not be removed: %s", sandbox.sandbox_id, exc)
             self.metrics.leaks.inc()
             return
         self.metrics.removed.labels(reason).inc()
-        self._publish()
 
-    def _refill_all(self) -> None:
-        for cls in self._classes.values():
-            self._refill(cls)
+    async def _create_warm(self, cls: ProgramClassConfig) -> Sandbox:
+        async with self._slots:
+            sandbox, _ = await self._create(cls, None)
+        return sandbox
 
-    def _refill(self, cls: ProgramClassConfig) -> None:
-        """Start preparations until the class's warm pool (plus those underway) is full."""
-        current = self._classes.get(cls.name) is cls
-        if cls.sandbox is None or not current:
-            return
-        try:
-            self.backend.check(cls)
-        except SandboxError as exc:
-            log.warning("no warm pool for class %s: %s", cls.name, exc)
-            return
-        self._warm_specs[cls.name] = cls.sandbox
-        have = len(self._warm.get(cls.name, [])) + self._warm_filling.get(cls.name, 0)
-        for _ in range(cls.sandbox.warm_pool_size - have):
-            self._warm_filling[cls.name] = self._warm_filling.get(cls.name, 0) + 1
-            self._spawn(self._fill_one(cls))
-
-    async def _fill_one(self, cls: ProgramClassConfig) -> None:
-        try:
-            async with self._slots:
-                sandbox, _ = await self._create(cls, None)
-        except SandboxError as exc:
-            log.warning("warm sandbox for class %s failed: %s", cls.name, exc)
-            return
-        finally:
-            self._warm_filling[cls.name] -= 1
-        current = self._classes.get(cls.name) is cls
-        if current:
-            self._warm.setdefault(cls.name, []).append(sandbox)
-            self._publish()
-        else:
-            await self._destroy(sandbox, "class_changed")
+    def _room(self) -> int:
+        return self.settings.max_sandboxes - len(self._entries) - self.warm.held()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _publish(self) -> None:
-        for state, n in self.states().items():
-            self.metrics.sandboxes.labels(state).set(n)
-        usages = [e.usage for e in self._entries.values()]
-        self.metrics.processes.set(sum(u.processes for u in usages))
-        self.metrics.ports.set(sum(u.ports for u in usages))
-        self.metrics.disk_bytes.set(sum(u.disk_bytes for u in usages))
+    def _observe(self) -> None:
+        """The gauges read the manager when scraped (usage: as of each program's latest call or ledger)."""
+        for state in ("preparing", "idle", "busy", "warm"):
+            self.metrics.sandboxes.labels(state).set_function(lambda state=state: self.states().get(state, 0))
+
+        def usages() -> list[Usage]:
+            return [e.usage for e in self._entries.values()]
+
+        self.metrics.processes.set_function(lambda: sum(u.processes for u in usages()))
+        self.metrics.ports.set_function(lambda: sum(u.ports for u in usages()))
+        self.metrics.disk_bytes.set_function(lambda: sum(u.disk_bytes for u in usages()))
 
     async def _gc_loop(self) -> None:
         while True:

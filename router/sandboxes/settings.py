@@ -26,6 +26,9 @@ class SandboxSettings(StrictModel):
     """How often sandboxes idle past their class's ``ttlSeconds`` are removed."""
     max_sandboxes: int = Field(default=1000, ge=1, le=100_000)
     """Sandboxes alive at once (warm pool included); past it a tool call gets 503."""
+    worker_threads: int = Field(default=64, ge=2, le=4096)
+    """Threads for blocking sandbox work; a tool call holds one for its whole run, so this
+    bounds the tool calls running at once (more wait for a thread)."""
     state_dir: str | None = None
     """Local backend: where sandbox directories and their records live; default
     ``$SHOAL_STATE_DIR/sandboxes`` or ``/tmp/shoal-sandboxes``. Holds ``<routerId>/``."""

@@ -264,7 +264,7 @@ async def test_role_covers_exactly_the_calls_made(apis: tuple[Any, Any, list[str
                                                       "sandbox": {"image": "busybox", "warmPoolSize": 1}})])  # fmt: skip
     await m.run_tool("p1", cls, "echo", b"{}")
     await m.ledger("p1")
-    await m.acquire("p2", m._classes["warm"])
+    await m.acquire("p2", m.warm.classes["warm"])
     await m.recover()
     await m.stop()
     used: set[tuple[str, str, str]] = set()

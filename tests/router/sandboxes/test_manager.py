@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from _sandbox_helpers import FakeBackend, FakeClock, make_class
+from prometheus_client import generate_latest
 
 from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager, UnknownTool
 from shoal.router.sandboxes.settings import SandboxSettings
@@ -130,3 +131,22 @@ async def test_limits_unknown_tool_and_lowered_call_limits() -> None:
     await m.run_tool("p1", cls, "sh", b"")  # this call fills the disk ...
     with pytest.raises(SandboxDiskFull, match="over its limit"):  # ... the next one is refused
         await m.run_tool("p1", cls, "sh", b"")
+
+
+async def test_warm_pool_respects_the_router_limit_and_metrics_tell_the_states() -> None:
+    backend = FakeBackend()
+    m = manager(backend, max_sandboxes=3)
+    cls = make_class(warm_pool_size=5)
+    m.set_classes([cls])
+    await settle(m)
+    assert m.states()["warm"] == 3 and backend.created == 3
+    await m.run_tool("p1", cls, "sh", b"")  # takes a warm one; the refill stays within the limit
+    await settle(m)
+    assert m.states() == {"preparing": 0, "idle": 1, "busy": 0, "warm": 2}
+    text = generate_latest(m.metrics.registry).decode()
+    assert 'shoal_router_sandboxes{state="warm"} 2.0' in text and 'shoal_router_sandboxes{state="idle"} 1.0' in text
+    assert 'shoal_router_sandbox_starts_total{kind="warm"} 1.0' in text
+    assert 'shoal_router_tool_calls_total{outcome="ok",program_class="coder",tool="sh"} 1.0' in text
+    await m.stop()
+    assert backend.alive == {} and 'shoal_router_sandboxes_removed_total{reason="shutdown"} 3.0' in \
+        generate_latest(m.metrics.registry).decode()  # fmt: skip
