@@ -461,6 +461,8 @@ class PeersConfig(_Strict):
     """How often each other replica's ``/health`` is probed (any answer means alive)."""
     down_after_failures: int = Field(default=2, ge=1)
     """Failed probes in a row after which a replica counts as dead (a failed forward counts at once)."""
+    probe_timeout_s: float = Field(default=1.0, gt=0)
+    """Timeout of one ``/health`` probe (a busy replica must not look dead)."""
 
     @model_validator(mode="after")
     def _check(self) -> PeersConfig:

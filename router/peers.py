@@ -176,7 +176,7 @@ class PeerSet:
 
     async def _probe(self, url: str) -> bool:
         try:
-            await self._client.get(url + "/health", timeout=min(1.0, self.cfg.health_interval_s))
+            await self._client.get(url + "/health", timeout=self.cfg.probe_timeout_s)
         except httpx.HTTPError:
             return False
         return True

@@ -102,9 +102,9 @@ async def test_an_unreachable_owner_hands_its_programs_to_the_next_replica() -> 
     program = _owned_by(urls[1], urls)
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            r = await client.post(urls[0] + "/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES,
-                                                                          "program_id": program, "stream": True})  # fmt: skip
-            assert r.status_code == 200 and r.text.rstrip().endswith("[DONE]")
+            r = await client.post(urls[0] + "/v1/chat/completions",
+                                  json={"model": "tiny", "messages": MESSAGES, "program_id": program})  # fmt: skip
+            assert r.status_code == 200, r.text
             release = await client.post(urls[0] + f"/v1/programs/{program}/release")
             assert release.status_code == 200, release.text
         peers = _services(router).peers
@@ -127,3 +127,33 @@ async def test_programs_listed_from_any_replica(replicas: tuple[list[Served], Fa
         for url in urls:
             listed = json.loads((await client.get(url + "/v1/programs")).text)
             assert sorted(v["id"] for v in listed["data"]) == sorted(programs)
+
+
+async def test_a_slow_but_live_replica_is_not_declared_dead() -> None:
+    """Regression: the probe timeout was the probe interval, so a busy replica flapped dead."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from shoal.router.config import PeersConfig
+    from shoal.router.peers import PeerSet
+
+    async def slow_health(_: Any) -> Response:
+        await asyncio.sleep(0.3)
+        return Response(status_code=200)
+
+    slow = await Served(Starlette(routes=[Route("/health", slow_health)])).start()
+    me = "http://127.0.0.1:9"
+    cfg = PeersConfig.model_validate({"self": me, "static": [me, slow.url], "healthIntervalS": 0.1})
+    async with httpx.AsyncClient() as client:
+        peers = PeerSet(cfg, client, CollectorRegistry())
+        await peers.start()
+        try:
+            await asyncio.sleep(1.0)
+            assert peers.live() == [me, slow.url]
+        finally:
+            await peers.stop()
+            await slow.stop()
