@@ -115,23 +115,24 @@ class _DrainingServer(uvicorn.Server):
 
 
 def _validate(args: argparse.Namespace) -> None:
+    """A bad server flag is a ValueError (``main`` prints it as one line, exit status 2)."""
     if not 0 <= args.port < 65536:
-        raise SystemExit(f"error: --port must be in [0, 65535], got {args.port}")
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_waiting < 1:
-        raise SystemExit(f"error: --max-waiting must be >= 1, got {args.max_waiting}")
+        raise ValueError(f"--max-waiting must be >= 1, got {args.max_waiting}")
     if args.max_body_bytes < 1024:
-        raise SystemExit(f"error: --max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+        raise ValueError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
     if args.drain_timeout < 0:
-        raise SystemExit(f"error: --drain-timeout must be >= 0, got {args.drain_timeout}")
+        raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
     if args.drain_delay < 0:
-        raise SystemExit(f"error: --drain-delay must be >= 0, got {args.drain_delay}")
+        raise ValueError(f"--drain-delay must be >= 0, got {args.drain_delay}")
     if args.max_header_bytes < 1024:
-        raise SystemExit(f"error: --max-header-bytes must be >= 1024, got {args.max_header_bytes}")
+        raise ValueError(f"--max-header-bytes must be >= 1024, got {args.max_header_bytes}")
     if args.max_header_count < 8:
-        raise SystemExit(f"error: --max-header-count must be >= 8, got {args.max_header_count}")
+        raise ValueError(f"--max-header-count must be >= 8, got {args.max_header_count}")
     for flag in ("header_timeout", "body_timeout", "keep_alive_timeout"):
         if getattr(args, flag) <= 0:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
 
 
 def run_server(args: argparse.Namespace, config: EngineConfig) -> int:

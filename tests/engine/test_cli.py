@@ -15,6 +15,11 @@ import pytest
         (["generate", "--model", "/does/not/exist", "hi"], "model path not found"),
         (["generate", "--model", "/does/not/exist", "--temperature", "-1", "hi"], "temperature"),
         (["serve", "--model", "x", "--block-size", "3"], "block_size"),
+        (["serve", "--model", "x", "--max-pinned-blocks-per-tenant", "-1"], "max_pinned_blocks_per_tenant"),
+        (["serve", "--model", "x", "--max-retention-s", "-5"], "max_retention_s"),
+        (["serve", "--model", "x", "--header-timeout", "0"], "--header-timeout"),
+        (["serve", "--model", "x", "--max-header-bytes", "10"], "--max-header-bytes"),
+        (["serve", "--model", "x", "--drain-delay", "-1"], "--drain-delay"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str) -> None:
