@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 
 MODEL = "fake"
 _HEALTH = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -27,7 +28,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 class Upstream:
-    def __init__(self, ttft_s: float, interval_s: float, default_tokens: int) -> None:
+    def __init__(self, ttft_s: float, interval_s: float, default_tokens: int, tokenizer: bytes | None = None) -> None:
+        self.tokenizer = tokenizer
+        """A ``/shoal/tokenizer`` payload to serve (the router's default tokenizer source), or None."""
         self.ttft_s = ttft_s
         self.interval_s = interval_s
         self.default_tokens = default_tokens
@@ -60,6 +63,8 @@ class Upstream:
                     await self.generate(body, writer)
                 elif path == b"/metrics":
                     writer.write(_fixed(self.metrics(), b"text/plain"))
+                elif path == b"/shoal/tokenizer" and self.tokenizer is not None:
+                    writer.write(_fixed(self.tokenizer))
                 elif path == b"/v1/models":
                     writer.write(_fixed(json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()))
                 else:
@@ -98,8 +103,9 @@ class Upstream:
             self.served += 1
 
 
-async def serve(host: str, port: int, ttft_ms: float, interval_ms: float, tokens: int) -> None:
-    up = Upstream(ttft_ms / 1000, interval_ms / 1000, tokens)
+async def serve(host: str, port: int, ttft_ms: float, interval_ms: float, tokens: int,
+                tokenizer: bytes | None = None) -> None:
+    up = Upstream(ttft_ms / 1000, interval_ms / 1000, tokens, tokenizer)
     server = await asyncio.start_server(up.handle, host, port, backlog=4096)
     async with server:
         await server.serve_forever()
@@ -112,14 +118,16 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=20.0, help="delay before the first token")
     parser.add_argument("--interval-ms", type=float, default=20.0, help="gap between tokens")
     parser.add_argument("--tokens", type=int, default=16, help="tokens when the request has no max_tokens")
+    parser.add_argument("--tokenizer", default=None, help="JSON file served as GET /shoal/tokenizer")
     args = parser.parse_args()
+    tokenizer = Path(args.tokenizer).read_bytes() if args.tokenizer else None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(args.host, args.port, args.ttft_ms, args.interval_ms, args.tokens))
+    asyncio.run(serve(args.host, args.port, args.ttft_ms, args.interval_ms, args.tokens, tokenizer))
 
 
 if __name__ == "__main__":

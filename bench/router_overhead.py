@@ -146,15 +146,28 @@ def wait_http(port: int, path: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"port {port}{path} not ready")
 
 
+def write_tokenizer_payload(path: Path) -> None:
+    """The bundled SmolLM2's tokenizer and chat template as an engine's ``/shoal/tokenizer`` serves them."""
+    from shoal.engine.bundled import bundled_model_path
+    from shoal.engine.loader.gguf_loader import open_gguf, read_metadata
+    from shoal.engine.tokenizer import Tokenizer
+
+    meta = {k: v for k, v in read_metadata(open_gguf(bundled_model_path())).items() if k.startswith("tokenizer.")}
+    path.write_text(json.dumps({**Tokenizer.from_gguf_metadata(meta).to_payload(), "block_size": 16}))
+
+
 def start_processes(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int, int]:
     up_port, router_port = free_port(), free_port()
+    tokenizer = workdir / "tokenizer.json"
+    write_tokenizer_payload(tokenizer)
     upstream = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", str(up_port),
-         "--ttft-ms", str(args.ttft_ms), "--interval-ms", str(args.interval_ms)],
+         "--ttft-ms", str(args.ttft_ms), "--interval-ms", str(args.interval_ms), "--tokenizer", str(tokenizer)],
     )
+    # The default configuration: the pool's tokenizer comes from the engine (GET /shoal/tokenizer),
+    # so every request is templated and tokenized for prefix affinity.
     cfg = {
-        "pools": [{"name": "bench", "models": ["fake"], "endpoints": {"static": [f"http://127.0.0.1:{up_port}"]},
-                   "tokenizer": {"source": "none"}}],
+        "pools": [{"name": "bench", "models": ["fake"], "endpoints": {"static": [f"http://127.0.0.1:{up_port}"]}}],
         "limits": {"maxConnections": 8192, "maxKeepaliveConnections": 4096},
         "logLevel": "warning",
     }
@@ -172,6 +185,7 @@ def start_processes(args: argparse.Namespace, workdir: Path) -> tuple[subprocess
         os.sched_setaffinity(0, set(cores[:-1]))
     wait_http(up_port, "/health")
     wait_http(router_port, "/health")
+    time.sleep(5)  # the router fetches the tokenizer at its first poll and builds it in a thread
     return upstream, router, up_port, router_port
 
 
@@ -292,8 +306,10 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict[str, floa
         f"{args.interval_ms:g} ms, {args.tokens} tokens per stream; router, upstream and load generator are "
         "separate processes on 127.0.0.1"
         + ("; the router is pinned to its own core, upstream and load generator share the other." if args.pin else "."),
-        "- Router config: one static pool, default picking (prefix-affinity on text hashes, queue-depth, kv-usage, "
-        "session-affinity), metrics on, no auth.",
+        "- Router config: the default (one static pool): the tokenizer source is the engine (the upstream serves "
+        "the bundled SmolLM2 tokenizer and chat template at `/shoal/tokenizer`), so every request is templated and "
+        "tokenized for prefix affinity; default picking (prefix-affinity, queue-depth, kv-usage, session-affinity); "
+        "tenancy headers (per-tenant cache salt), metrics on, no auth.",
         "- Added TTFT = router percentile minus direct percentile (same client, same load). "
         "Per-token overhead = mean inter-token gap through the router minus direct.",
         "",
