@@ -48,8 +48,14 @@ log = logging.getLogger("shoal.router.sandboxes")
 
 _WRITABLE_SHARED = ("/var/tmp", "/run/lock", "/dev/shm", "/tmp")
 """Bound over with the sandbox directory inside each call (``/tmp`` last: the directory may live under it)."""
-_MOUNT_SCRIPT = 'd="$1"; shift; for m in "$@"; do [ "$m" = -- ] && break; ' \
-    '[ -d "$m" ] && { mount --bind "$d" "$m" || exit 125; }; shift; done; shift; exec "$@"'
+_MOUNT_SCRIPT = (
+    'd="$1"; shift; '
+    'while [ "$1" != -- ]; do [ -d "$1" ] && { mount --bind "$d" "$1" || exit 125; }; shift; done; shift; '
+    'while [ "$1" != -- ]; do [ -d "$1" ] && { mount -t tmpfs -o size=4k,mode=000 none "$1" || exit 125; }; '
+    'shift; done; shift; exec "$@"'
+)
+"""Inside the call's mount namespace, as root: the sandbox directory over each shared writable
+place, then an empty tmpfs over each hidden path, then the tool chain."""
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _DEFAULT_LIMITS = SandboxResources(max_processes=256, max_open_files=1024, max_file_bytes=1 << 30)
 """Applied where a class leaves a limit unset: every limit has a number."""
@@ -108,7 +114,10 @@ class LocalBackend:
         for d in (self.root, self.dir, self.uid_dir):
             d.mkdir(parents=True, exist_ok=True)
             if self.isolation.root:
-                os.chmod(d, 0o711)
+                os.chmod(d, 0o700)  # a tool reaches its own directory only (cwd and /tmp)
+        self.hidden = [str(Path(p)) for p in settings.hidden_paths]
+        if os.environ.get("SHOAL_STATE_DIR"):  # the router's own state (configs, API keys, logs)
+            self.hidden.append(os.environ["SHOAL_STATE_DIR"])
         for gap in self.isolation.missing():
             log.warning("local sandboxes: %s", gap)
 
@@ -241,7 +250,8 @@ class LocalBackend:
         if unshare:
             chain += ["unshare", *unshare, "--"]
         if sandbox.uid is not None:
-            chain += ["sh", "-c", _MOUNT_SCRIPT, "shoal-sandbox", sandbox.location, *_WRITABLE_SHARED, "--"]
+            chain += ["sh", "-c", _MOUNT_SCRIPT, "shoal-sandbox", sandbox.location, *_WRITABLE_SHARED, "--",
+                      *self.hidden, "--"]  # fmt: skip
             uid = str(sandbox.uid)
             chain += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                       "--inh-caps=-all", "--bounding-set=-all", "--"]  # fmt: skip

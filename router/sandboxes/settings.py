@@ -32,6 +32,9 @@ class SandboxSettings(StrictModel):
     state_dir: str | None = None
     """Local backend: where sandbox directories and their records live; default
     ``$SHOAL_STATE_DIR/sandboxes`` or ``/tmp/shoal-sandboxes``. Holds ``<routerId>/``."""
+    hidden_paths: list[str] = Field(default_factory=list)
+    """Local backend, as root: directories a tool must not see (an empty tmpfs covers each in
+    the call's mount namespace); ``$SHOAL_STATE_DIR`` (the router's configs and keys) always is."""
     uid_base: int = Field(default=1_100_000, ge=1000, le=2**31 - 200_000)
     """Local backend, router running as root: first uid of the range sandboxes run as (one
     uid per sandbox, owning only its directory)."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -174,3 +176,31 @@ def test_failed_preparation_leaves_nothing(backend: LocalBackend) -> None:
         backend.create("sb-bad", cls, "p1")
     assert backend.list_existing() == [] and list(backend.dir.iterdir()) == []
     assert list(backend.uid_dir.iterdir()) == []
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A world-readable directory outside /tmp (inside a sandbox, /tmp is the sandbox's own directory)."""
+    path = Path(f"/opt/shoal-test-{os.getpid()}-{time.time_ns()}")
+    path.mkdir(mode=0o755, parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@needs_root
+def test_router_state_and_hidden_paths_are_unreadable(outside_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, other, public = outside_tmp / "router-state", outside_tmp / "other", outside_tmp / "public"
+    for d in (state / "api-keys", other, public):
+        d.mkdir(parents=True, mode=0o755)
+    (state / "api-keys" / "alice").write_text("sk-secret\n")  # world-readable, like a router's files
+    (other / "config").write_text("hidden\n")
+    (public / "readme").write_text("public\n")
+    monkeypatch.setenv("SHOAL_STATE_DIR", str(state))
+    settings = SandboxSettings(state_dir=str(state / "sandboxes"), router_id="hide", hidden_paths=[str(other)])
+    backend = LocalBackend(settings)
+    script = f"cat {state}/api-keys/alice; cat {other}/config; ls {backend.dir}; cat {public}/readme; echo done"
+    result = run(backend, make_class(tools=[shell_tool("peek", script)]), "peek")
+    assert "sk-secret" not in result.stdout and "hidden" not in result.stdout and "sb-" not in result.stdout
+    assert result.stdout == "public\ndone\n", result  # what is not hidden stays readable: the test can fail
