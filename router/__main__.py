@@ -10,6 +10,13 @@ from shoal.router.app import create_app
 from shoal.router.config import load_config
 
 
+def configure_logging(level: str) -> None:
+    """Root level from the config; the control path's polls log at DEBUG only."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: with polling that is several lines per endpoint per second.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shoal.router", description="Shoal's OpenAI-compatible router")
     parser.add_argument("--config", required=True, help="router.yaml (see shoal.router.config)")
@@ -29,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"invalid router config {args.config}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: with polling that is several lines per endpoint per second.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if cfg.log_level == "debug" else logging.WARNING)
+    configure_logging(cfg.log_level)
     import uvicorn
 
     from shoal.router.server import uvicorn_settings

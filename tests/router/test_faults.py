@@ -126,3 +126,16 @@ def test_breaker_counts_one_outage_once_and_readmits_at_the_first_good_probe() -
     now[0] = 103.0
     assert br.probe_passed()
     assert br.eject() and br.open_until == 103.0 + 4.0
+
+
+async def test_polling_logs_nothing_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    from shoal.router.__main__ import configure_logging
+
+    configure_logging("info")
+    caplog.set_level(logging.INFO)
+    async with Harness([FakeEngine("e0")]) as h:
+        caplog.clear()
+        await asyncio.sleep(0.5)  # ten polls
+        assert h.app.services.pools["chat"].endpoints.get(h.servers[0].url) is not None
+    polls = [r for r in caplog.records if r.levelno >= logging.INFO and r.name in {"httpx", "shoal.router.pool"}]
+    assert not polls, [r.getMessage() for r in polls]
