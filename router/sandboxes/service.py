@@ -36,7 +36,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> SandboxSettings:
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{SETTINGS_ENV}: not YAML/JSON ({exc})") from None
+            raise ValueError(f"{SETTINGS_ENV}: not YAML/JSON ({' '.join(str(exc).split())})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{SETTINGS_ENV}: expected a mapping of sandbox settings")
     if env.get(ROUTER_ID_ENV) and "routerId" not in raw and "router_id" not in raw:
@@ -50,13 +50,18 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> SandboxSettings:
 
 
 def make_backend(settings: SandboxSettings) -> SandboxBackend:
-    if settings.backend == "kubernetes":
-        from shoal.router.sandboxes.kubernetes import KubernetesBackend
+    """The configured backend; ValueError (one line) when it cannot start here."""
+    try:
+        if settings.backend == "kubernetes":
+            from shoal.router.sandboxes.kubernetes import KubernetesBackend
 
-        return KubernetesBackend(settings)
-    from shoal.router.sandboxes.local import LocalBackend
+            return KubernetesBackend(settings)
+        from shoal.router.sandboxes.local import LocalBackend
 
-    return LocalBackend(settings)
+        return LocalBackend(settings)
+    except Exception as exc:  # no kubeconfig / service account, an unwritable state dir, ...
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{settings.backend} sandbox backend: {detail}") from None
 
 
 def attach_sandboxes(app: FastAPI, services: Any, settings: SandboxSettings | None = None) -> SandboxManager | None:

@@ -150,3 +150,18 @@ async def test_warm_pool_respects_the_router_limit_and_metrics_tell_the_states()
     await m.stop()
     assert backend.alive == {} and 'shoal_router_sandboxes_removed_total{reason="shutdown"} 3.0' in \
         generate_latest(m.metrics.registry).decode()  # fmt: skip
+
+
+async def test_prepare_time_excludes_the_wait_for_a_preparation_slot() -> None:
+    """Regression: prepare_s counted the time queued behind the cap, which inflated the
+    preparation that pre-warm is credited with hiding."""
+    backend = FakeBackend(prepare_s=0.15)
+    m = SandboxManager(backend, SandboxSettings(max_concurrent_preparations=1))  # real clock
+    cls = make_class()
+    await m.prewarm("first", cls)
+    await m.prewarm("second", cls)  # waits ~0.15 s for the slot, then prepares ~0.15 s
+    await settle(m)
+    second = await m.ledger("second")
+    assert second is not None and isinstance(second["prepare_s"], float)
+    assert 0.1 < second["prepare_s"] < 0.25
+    await m.stop()
