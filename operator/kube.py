@@ -53,6 +53,7 @@ DEPLOYMENTS = ResourceType("apps/v1", "Deployment", "deployments")
 SERVICES = ResourceType("v1", "Service", "services")
 CONFIGMAPS = ResourceType("v1", "ConfigMap", "configmaps")
 SECRETS = ResourceType("v1", "Secret", "secrets")
+PODS = ResourceType("v1", "Pod", "pods")
 EVENTS = ResourceType("v1", "Event", "events")
 SERVICEACCOUNTS = ResourceType("v1", "ServiceAccount", "serviceaccounts")
 PDBS = ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
@@ -64,7 +65,7 @@ ROLEBINDINGS = ResourceType("rbac.authorization.k8s.io/v1", "RoleBinding", "role
 KNOWN: dict[tuple[str, str], ResourceType] = {
     (r.api_version, r.kind): r
     for r in (MODELPOOLS, ROUTERS, AGENTPROGRAMS, DEPLOYMENTS, SERVICES, CONFIGMAPS, SECRETS, EVENTS,
-              SERVICEACCOUNTS, PDBS, HPAS, SCALEDOBJECTS, ROLES, ROLEBINDINGS)
+              SERVICEACCOUNTS, PDBS, HPAS, SCALEDOBJECTS, ROLES, ROLEBINDINGS, PODS)
 }  # fmt: skip
 
 
@@ -182,13 +183,18 @@ class KubeClient:
             return None
         return self._check(resp)
 
-    async def list(self, rt: ResourceType, namespace: str | None) -> list[dict[str, Any]]:
-        """All objects of a type in a namespace (all namespaces with None)."""
-        resp = await self._request("GET", rt.path(namespace))
+    async def list(
+        self, rt: ResourceType, namespace: str | None, labels: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """All objects of a type in a namespace (all namespaces with None), with these labels."""
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        resp = await self._request("GET", rt.path(namespace), params=params)
         if resp.status == 404:
             return []
         items: list[dict[str, Any]] = self._check(resp).get("items", [])
-        return items
+        # Filtered here too: minimal emulators (kmock) ignore selectors.
+        wanted = (labels or {}).items()
+        return [i for i in items if wanted <= ((i.get("metadata") or {}).get("labels") or {}).items()]
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply (force: the operator owns its children's fields)."""

@@ -12,14 +12,21 @@ import asyncio
 import base64
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from shoal.crds import AgentProgramSpec, ConditionType, Reason, RouterSpec
-from shoal.operator.builders.common import Owner, child_name
+from shoal.operator.builders.common import Owner, child_name, selector_labels
 from shoal.operator.builders.program_class import ClassError, program_class
 from shoal.operator.context import Ctx, generation, status_unchanged, try_spec
-from shoal.operator.kube import AGENTPROGRAMS, ROUTERS, SECRETS
-from shoal.operator.router_classes import ClassesUnavailable, RouterAddress, RouterClasses, version_of
+from shoal.operator.kube import AGENTPROGRAMS, PODS, ROUTERS, SECRETS
+from shoal.operator.router_classes import (
+    ClassesUnavailable,
+    RouterAddress,
+    RouterClasses,
+    merge_replicas,
+    version_of,
+)
 from shoal.operator.status import Cond, merge_conditions, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -56,9 +63,26 @@ async def class_reports(ctx: Ctx, router_body: dict[str, Any]) -> tuple[RouterCl
     try:
         key = await router_api_key(ctx, owner.namespace, spec)
         address = RouterAddress(owner.namespace, owner.name, child_name(owner), spec.service.port, key)
-        return await ctx.fetch_classes(address), ""
+        replicas = await _ready_replica_ips(ctx, owner) if spec.replicas > 1 else []
+        if not replicas:
+            return await ctx.fetch_classes(address), ""
+        # Each replica loads the file and owns some programs: ask every ready one, add up.
+        fetch = ctx.fetch_classes
+        answers = await asyncio.gather(*(fetch(replace(address, pod_ip=ip)) for ip in replicas))
+        return merge_replicas(list(answers)), ""
     except ClassesUnavailable as exc:
         return None, str(exc)
+
+
+async def _ready_replica_ips(ctx: Ctx, owner: Owner) -> list[str]:
+    """Pod IPs of the router's ready, not terminating replicas."""
+    out = []
+    for pod in await ctx.kube.list(PODS, owner.namespace, selector_labels(owner)):
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if ready and status.get("podIP") and not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            out.append(str(status["podIP"]))
+    return sorted(out)
 
 
 def _expected_version(body: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -79,17 +103,21 @@ def program_status(
     gen = generation(body)
     report = answer.classes.get(name) if answer is not None else None
     expected = _expected_version(body)
-    current = report is not None and (not report.version or not expected or report.version == expected)
-    if report is not None and current:
+    stale = [v for v in report.versions if expected and v != expected] if report is not None else []
+    everywhere = report is not None and answer is not None and report.loaded_by == answer.replicas
+    if report is not None and everywhere and not stale:
         message = f"loaded by Router {router}"
         conds = [
             Cond(ConditionType.READY, True, Reason.AVAILABLE, message),
             Cond(ConditionType.PROGRESSING, False, Reason.ROLLOUT_COMPLETE, message),
         ]
     else:
-        if report is not None:
-            ran = ", ".join(f"{k} {v}" for (k, v), (_, w) in zip(report.version, expected, strict=True) if v != w)
+        if report is not None and stale:
+            old_values = dict(stale[0])
+            ran = ", ".join(f"{k} {old_values.get(k)}" for k, v in expected if old_values.get(k) != v)
             detail = f"it still runs an older version: {ran}"
+        elif report is not None and answer is not None:
+            detail = f"loaded by {report.loaded_by} of {answer.replicas} router replicas"
         else:
             detail = why or "not among the classes it reports"
         if answer is not None and answer.file_error:

@@ -13,26 +13,36 @@ from typing import Any
 
 import aiohttp
 
+from shoal.operator.builders.common import ROUTER_PORT
 from shoal.router.programs.config import ProgramClassConfig
 
 CLASSES_PATH = "/v1/programs/classes"
 URL_TEMPLATE_ENV = "SHOAL_ROUTER_URL_TEMPLATE"
 DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:{port}"
 """How the operator reaches a router: its Service in the router's namespace."""
+POD_URL_TEMPLATE_ENV = "SHOAL_ROUTER_POD_URL_TEMPLATE"
+DEFAULT_POD_URL_TEMPLATE = "http://{pod_ip}:{port}"
+"""How the operator reaches one replica of a router with several."""
+
+
+Version = tuple[tuple[str, Any], ...]
+"""The settings a router reports for a class (model, priority, ...): tells whether it runs the
+AgentProgram's latest version."""
 
 
 @dataclass(frozen=True)
 class ClassReport:
-    """One loaded class and its programs, as the router reports them."""
+    """One loaded class and its programs, as the router (all its replicas together) reports them."""
 
     name: str
     active: int = 0
     paused: int = 0
     queued: int = 0
     steps_per_minute: float = 0.0
-    version: tuple[tuple[str, Any], ...] = ()
-    """The settings the router reports for the class (model, priority, ...), to tell whether
-    it runs the latest version of the AgentProgram."""
+    versions: tuple[Version, ...] = ()
+    """Each distinct version the replicas run (empty: the router does not report settings)."""
+    loaded_by: int = 1
+    """Router replicas that have the class loaded."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,28 @@ class RouterClasses:
 
     classes: dict[str, ClassReport]
     file_error: str | None = None
+    replicas: int = 1
+    """Router replicas that answered."""
+
+
+def merge_replicas(answers: list[RouterClasses]) -> RouterClasses:
+    """One answer for a router from each replica's: counts summed (each program lives on one
+    replica), versions collected, and how many replicas loaded each class."""
+    merged: dict[str, ClassReport] = {}
+    for answer in answers:
+        for name, r in answer.classes.items():
+            m = merged.get(name, ClassReport(name, loaded_by=0))
+            merged[name] = ClassReport(
+                name,
+                m.active + r.active,
+                m.paused + r.paused,
+                m.queued + r.queued,
+                m.steps_per_minute + r.steps_per_minute,
+                tuple(dict.fromkeys((*m.versions, *r.versions))),
+                m.loaded_by + r.loaded_by,
+            )
+    errors = [a.file_error for a in answers if a.file_error]
+    return RouterClasses(merged, "; ".join(dict.fromkeys(errors)) or None, sum(a.replicas for a in answers))
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,8 @@ class RouterAddress:
     service: str
     port: int
     api_key: str | None = None
+    pod_ip: str | None = None
+    """One replica's pod IP (several replicas: each is asked); None: the Service."""
 
 
 class ClassesUnavailable(Exception):
@@ -65,8 +99,8 @@ VERSION_FIELDS = ("model", "priority", "max_concurrent_programs", "lease_seconds
 """Class settings the router reports back (``GET /v1/programs/classes``)."""
 
 
-def version_of(cls: ProgramClassConfig) -> tuple[tuple[str, Any], ...]:
-    """What the router would report for ``cls`` (compared with a ClassReport's ``version``)."""
+def version_of(cls: ProgramClassConfig) -> Version:
+    """What the router would report for ``cls`` (compared with a ClassReport's ``versions``)."""
     values = {
         "model": cls.model,
         "priority": cls.priority,
@@ -84,7 +118,7 @@ def _count(entry: dict[str, Any], key: str, kind: type[int] | type[float]) -> An
     return kind(value)
 
 
-def _version(entry: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def _version(entry: dict[str, Any]) -> Version:
     out: list[tuple[str, Any]] = []
     for key in VERSION_FIELDS:
         if key not in entry:
@@ -113,7 +147,7 @@ def parse_classes(payload: Any) -> RouterClasses:
             paused=_count(entry, "paused", int),
             queued=_count(entry, "queued", int),
             steps_per_minute=_count(entry, "steps_per_minute", float),
-            version=_version(entry),
+            versions=(version,) if (version := _version(entry)) else (),
         )
     error = payload.get("error")
     return RouterClasses(out, " ".join(str(error).split())[:500] if error else None)
@@ -124,10 +158,14 @@ class HttpClassesFetcher:
 
     def __init__(self, url_template: str | None = None, timeout_s: float = 3.0) -> None:
         self.url_template = url_template or os.environ.get(URL_TEMPLATE_ENV) or DEFAULT_URL_TEMPLATE
+        self.pod_url_template = os.environ.get(POD_URL_TEMPLATE_ENV) or DEFAULT_POD_URL_TEMPLATE
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     def url(self, router: RouterAddress) -> str:
+        if router.pod_ip is not None:
+            base = self.pod_url_template.format(pod_ip=router.pod_ip, port=ROUTER_PORT)
+            return base.rstrip("/") + CLASSES_PATH
         base = self.url_template.format(
             namespace=router.namespace, name=router.name, service=router.service, port=router.port
         )

@@ -37,6 +37,8 @@ class FakeRouters:
     """(namespace, router) -> the classes it keeps reporting (its reload is held back)."""
     real: dict[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, router) -> URL of a real router process to ask instead."""
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Pod IP -> what that router replica answers (asked for routers with several replicas)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def loaded(self, namespace: str, router: str) -> list[ProgramClassConfig] | None:
@@ -85,7 +87,11 @@ class FakeRouterServer:
 
             def do_GET(self) -> None:
                 parts = self.path.strip("/").split("/")
-                if len(parts) == 5 and parts[2:] == ["v1", "programs", "classes"]:
+                if len(parts) == 5 and parts[0] == "pods" and parts[2:] == ["v1", "programs", "classes"]:
+                    with routers.lock:
+                        replica = routers.pods.get(parts[1])
+                    status, payload = (200, replica) if replica is not None else (503, {"error": "no such pod"})
+                elif len(parts) == 5 and parts[2:] == ["v1", "programs", "classes"]:
                     status, payload = routers.answer(parts[0], parts[1], self.headers.get("Authorization"))
                 else:
                     status, payload = 404, {"error": {"message": f"no route {self.path}", "type": "not_found"}}
@@ -103,6 +109,11 @@ class FakeRouterServer:
     def url_template(self) -> str:
         """The operator's ``SHOAL_ROUTER_URL_TEMPLATE`` for these routers."""
         return f"http://127.0.0.1:{self._server.server_address[1]}/{{namespace}}/{{name}}"
+
+    @property
+    def pod_url_template(self) -> str:
+        """The operator's ``SHOAL_ROUTER_POD_URL_TEMPLATE`` for the replicas in ``pods``."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/pods/{{pod_ip}}"
 
     def __enter__(self) -> FakeRouterServer:
         self._thread.start()

@@ -110,9 +110,9 @@ def test_examples_validate_against_schema_and_models(name: str, doc: dict[str, A
     MODELS[doc["kind"]].model_validate(doc)
 
 
-def test_local_examples_have_one_pool_and_a_router() -> None:
+def test_local_examples_have_one_pool_a_router_and_an_agentprogram() -> None:
     kinds = [doc["kind"] for name, doc in examples() if "/local/" in name]
-    assert sorted(kinds) == ["ModelPool", "Router"]
+    assert sorted(kinds) == ["AgentProgram", "ModelPool", "Router"]
 
 
 POOL = {

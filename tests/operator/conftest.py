@@ -45,7 +45,11 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     # SHOAL_TEST_OPERATOR_LOG keeps the log somewhere pytest does not rotate away.
     log = Path(os.environ.get("SHOAL_TEST_OPERATOR_LOG") or tmp_path_factory.mktemp("operator") / "operator.log")
-    env = {"SHOAL_ROUTER_URL_TEMPLATE": router_server.url_template, "SHOAL_PROGRAM_STATUS_INTERVAL": "0.5"}
+    env = {
+        "SHOAL_ROUTER_URL_TEMPLATE": router_server.url_template,
+        "SHOAL_ROUTER_POD_URL_TEMPLATE": router_server.pod_url_template,
+        "SHOAL_PROGRAM_STATUS_INTERVAL": "0.5",
+    }
     with OperatorProcess(cluster.kubeconfig, log, env) as op:
         wait_for(lambda: "Activity 'startup' succeeded" in op.log() or not op.alive(), 60, what="operator startup")
         assert op.alive(), op.log()[-3000:]

@@ -434,3 +434,34 @@ def _classes(url: str) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = httpx.get(f"{url}/v1/programs/classes", headers={"Authorization": "Bearer sk-a"},
                                            timeout=5).json()["data"]  # fmt: skip
     return data
+
+
+def test_counts_add_up_over_router_replicas(api: Api, operator: OperatorProcess, routers: FakeRouters) -> None:
+    """Several router replicas: each owns some programs and loads the file itself, so the
+    operator asks every ready replica (by pod IP), adds the counts, and waits for all of them."""
+    ns = "replicas"
+    api.create(pool("chat"), ns)
+    api.create(router("front", pools=[{"name": "chat"}], replicas=2), ns)
+    wait_for(lambda: api.get(DEPLOYMENTS, ns, "front-router"), what="router deployment")
+    labels = {"shoal.dev/router": "front", "app.kubernetes.io/component": "router"}
+    for ip in ("10.9.0.1", "10.9.0.2"):
+        api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"front-router-{ip[-1]}", "labels": labels},
+                    "spec": {"containers": [{"name": "router", "image": "r"}]},
+                    "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}, ns)  # fmt: skip
+    entry = {"name": "agents", "model": "chat-model", "priority": 50, "max_concurrent_programs": 8,
+             "lease_seconds": 600.0, "tools": [], "active": 2, "paused": 0, "queued": 1, "steps_per_minute": 6.0}
+    with routers.lock:
+        routers.pods["10.9.0.1"] = {"object": "list", "data": [entry], "error": None}
+        routers.pods["10.9.0.2"] = {"object": "list", "data": [], "error": None}
+    api.create(program("agents", router="front", model="chat-model"), ns)
+
+    def ready() -> dict[str, Any] | None:
+        return condition(api.get(AGENTPROGRAMS, ns, "agents"), "Ready")
+
+    wait_for(lambda: (c := ready()) and "loaded by 1 of 2 router replicas" in c["message"], what="one replica")
+    with routers.lock:
+        routers.pods["10.9.0.2"] = {"object": "list", "data": [{**entry, "active": 3, "queued": 0}], "error": None}
+    wait_for(lambda: (c := ready()) and c["reason"] == "Available", what="loaded by both replicas")
+    status = wait_for(lambda: (s := api.get(AGENTPROGRAMS, ns, "agents")["status"]).get("activePrograms") == 5 and s,
+                      what="counts of both replicas")  # fmt: skip
+    assert (status["queuedPrograms"], status["stepsPerMinute"]) == (1, 12.0)

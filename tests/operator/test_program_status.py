@@ -29,7 +29,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_ready_only_when_the_router_reports_the_current_class() -> None:
-    report = ClassReport("coder", active=2, paused=1, queued=4, steps_per_minute=30.0, version=VERSION)
+    report = ClassReport("coder", active=2, paused=1, queued=4, steps_per_minute=30.0, versions=(VERSION,))
     loaded = program_status(BODY, "front", RouterClasses({"coder": report}), "", NOW)
     assert conditions(loaded) == {"Ready": ("True", "Available"), "Progressing": ("False", "RolloutComplete"),
                                   "Degraded": ("False", "AsExpected")}  # fmt: skip
@@ -45,7 +45,7 @@ def test_ready_only_when_the_router_reports_the_current_class() -> None:
             assert why in waiting["conditions"][0]["message"]
 
     # The router still runs the previous version of the class (priority 50), and its file had an error.
-    old = ClassReport("coder", active=1, version=(*VERSION[:1], ("priority", 50), *VERSION[2:]))
+    old = ClassReport("coder", active=1, versions=((*VERSION[:1], ("priority", 50), *VERSION[2:]),))
     stale = program_status(BODY, "front", RouterClasses({"coder": old}, "classesFile: bad yaml"), "", NOW)
     assert conditions(stale)["Ready"] == ("False", "ClassNotLoaded")
     message = stale["conditions"][0]["message"]
@@ -58,7 +58,7 @@ def test_router_answer_is_parsed_strictly() -> None:
         {"name": "a", "active": 1, "paused": 0, "queued": 2, "steps_per_minute": 1.5, "model": "smol",
          "priority": 80, "max_concurrent_programs": 8, "lease_seconds": 600, "tools": []},
         {"name": "b"}]})  # fmt: skip
-    assert answer.classes == {"a": ClassReport("a", 1, 0, 2, 1.5, VERSION), "b": ClassReport("b")}
+    assert answer.classes == {"a": ClassReport("a", 1, 0, 2, 1.5, (VERSION,)), "b": ClassReport("b")}
     assert answer.file_error is None
     assert parse_classes({"data": [], "error": "classesFile x:\\n bad"}).file_error == "classesFile x:\\n bad"
     bad: Any
@@ -84,3 +84,24 @@ def test_fetcher_reaches_the_service_and_reports_failures_in_one_line() -> None:
 
     message = asyncio.run(unreachable())
     assert message.startswith("GET http://127.0.0.1:9/team/front/v1/programs/classes") and "\n" not in message
+
+
+def test_several_replicas_are_added_up_and_must_all_have_the_class() -> None:
+    from shoal.operator.router_classes import merge_replicas
+
+    old_version = (*VERSION[:1], ("priority", 50), *VERSION[2:])
+    first = RouterClasses({"coder": ClassReport("coder", 2, 0, 1, 10.0, (VERSION,))})
+    second = RouterClasses({"coder": ClassReport("coder", 1, 1, 0, 5.0, (VERSION,))})
+    both = merge_replicas([first, second])
+    assert both.replicas == 2 and both.classes["coder"] == ClassReport("coder", 3, 1, 1, 15.0, (VERSION,), 2)
+    ready = program_status(BODY, "front", both, "", NOW)
+    assert conditions(ready)["Ready"] == ("True", "Available") and ready["activePrograms"] == 3
+
+    lagging = merge_replicas([first, RouterClasses({}, "classesFile: not there yet")])
+    status = program_status(BODY, "front", lagging, "", NOW)
+    assert conditions(status)["Ready"] == ("False", "ClassNotLoaded")
+    assert "loaded by 1 of 2 router replicas" in status["conditions"][0]["message"]
+    mixed = merge_replicas([first, RouterClasses({"coder": ClassReport("coder", versions=(old_version,))})])
+    assert mixed.classes["coder"].versions == (VERSION, old_version)
+    status = program_status(BODY, "front", mixed, "", NOW)
+    assert "older version: priority 50" in status["conditions"][0]["message"]
