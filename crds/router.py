@@ -158,6 +158,13 @@ class ProgramScheduling(ApiModel):
     """Aging bound: a queued or paused program is admitted once it has waited this long."""
     retention_max_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """Longest KV retention the router asks an engine for after a turn."""
+    retention_default_seconds: Annotated[float, Field(ge=0, le=86_400)] = 2.0
+    """Retention after a turn while too few tool durations have been observed to learn one."""
+    retention_break_even_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    """What one avoided re-prefill is worth in seconds of holding a program's KV: the learned
+    retention maximizes P(tool back within it) x this - expected seconds held."""
+    prewarm_queue_depth: Annotated[int, Field(ge=0, le=1000)] = 2
+    """Queued programs nearest the head whose sandboxes are prepared ahead (0: none)."""
     reload_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     """How often the router checks its AgentProgram classes file for changes."""
     default_lease_seconds: Annotated[int, Field(ge=1, le=86400)] | None = None

@@ -126,6 +126,9 @@ def _programs(spec: RouterSpec, classes_file: str) -> dict[str, Any]:
         "tickS": p.tick_seconds,
         "maxWaitS": p.max_wait_seconds,
         "retentionMaxS": p.retention_max_seconds,
+        "retentionDefaultS": p.retention_default_seconds,
+        "retentionBreakEvenS": p.retention_break_even_seconds,
+        "prewarmQueueDepth": p.prewarm_queue_depth,
     }
 
 

@@ -160,12 +160,13 @@ def test_router_programs_settings_reach_router_yaml() -> None:
     spec = RouterSpec.model_validate({
         "pools": [{"name": "chat"}],
         "programs": {"kvHighWatermark": 0.8, "kvLowWatermark": 0.6, "tickSeconds": 0.25, "maxWaitSeconds": 30,
-                     "retentionMaxSeconds": 45, "reloadIntervalSeconds": 1},
+                     "retentionMaxSeconds": 45, "reloadIntervalSeconds": 1, "retentionDefaultSeconds": 3,
+                     "retentionBreakEvenSeconds": 12, "prewarmQueueDepth": 5},
     })  # fmt: skip
     config = RouterConfig.model_validate(yaml.safe_load(render(spec, POOLS, [], kubernetes_endpoints("t")).router_yaml))
     p = config.programs
     assert (p.high_watermark, p.low_watermark, p.tick_s, p.max_wait_s, p.retention_max_s) == (0.8, 0.6, 0.25, 30, 45)
-    assert p.reload_interval_s == 1
+    assert (p.reload_interval_s, p.retention_default_s, p.retention_break_even_s, p.prewarm_queue_depth) == (1, 3, 12, 5)
 
 
 def test_router_programs_defaults_are_the_routers() -> None:
@@ -174,6 +175,13 @@ def test_router_programs_defaults_are_the_routers() -> None:
     assert crd.tick_seconds == router.tick_s and crd.max_wait_seconds == router.max_wait_s
     assert crd.retention_max_seconds == router.retention_max_s
     assert crd.reload_interval_seconds == router.reload_interval_s
+    assert crd.retention_default_seconds == router.retention_default_s
+    assert crd.retention_break_even_seconds == router.retention_break_even_s
+    assert crd.prewarm_queue_depth == router.prewarm_queue_depth
+    # Every router setting is reachable from the CRD (or set by the operator itself).
+    by_operator = {"classes", "classes_file", "forwarded_secret_env"}
+    rejected = {"enabled", "default_lease_seconds"}  # FeatureNotSupported when set
+    assert len(set(ProgramScheduling.model_fields) - rejected) == len(set(ProgramsConfig.model_fields) - by_operator)
 
 
 @pytest.mark.parametrize("programs", [{"enabled": False}, {"defaultLeaseSeconds": 60}])
