@@ -65,6 +65,12 @@ class _Entry:
     usage: Usage = field(default_factory=lambda: Usage(0, 0, 0))
 
 
+def _retrieve(task: asyncio.Task[Sandbox]) -> None:
+    """A failed pre-warm nobody awaited yet is not an unhandled error (the next call retries)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class SandboxManager:
     """Sandboxes of agent programs. ``clock`` (monotonic seconds) is injectable for tests."""
 
@@ -118,20 +124,30 @@ class SandboxManager:
 
     async def prewarm(self, program_id: str, cls: ProgramClassConfig) -> None:
         """Start preparing the program's sandbox (at most ``maxConcurrentPreparations`` at once)."""
-        if program_id not in self._entries:
+        if program_id in self._entries:
+            return
+        try:
             self.backend.check(cls)
             self._new_entry(program_id, cls, wait_for_slot=True).kind = "prewarmed"
+        except SandboxError as exc:  # a hint, not a request: the first tool call reports the problem
+            log.info("not pre-warming program %s: %s", program_id, exc)
 
     async def acquire(self, program_id: str, cls: ProgramClassConfig) -> Sandbox:
         """The program's sandbox, waiting only for what is left of its preparation."""
         began = self.clock()
         entry = self._entries.get(program_id)
+        if entry is not None and entry.task is not None and entry.task.done() and (
+            entry.task.cancelled() or entry.task.exception() is not None
+        ):
+            del self._entries[program_id]  # its preparation failed: this call tries again
+            entry = None
         if entry is None:
             self.backend.check(cls)
             entry = self._new_entry(program_id, cls, wait_for_slot=False)
         elif not entry.started and entry.task is not None and not entry.task.done():
             entry.task.cancel()  # still queued behind the cap: the program needs it now
             entry.task = asyncio.create_task(self._prepare(entry, wait_for_slot=False))
+            entry.task.add_done_callback(_retrieve)
         assert entry.task is not None
         sandbox = await asyncio.shield(entry.task)
         entry.last_activity = self.clock()
@@ -288,6 +304,7 @@ class SandboxManager:
         entry = _Entry(program_id, cls, now, now)
         self._entries[program_id] = entry
         entry.task = asyncio.create_task(self._prepare(entry, wait_for_slot), name=f"sandbox-{program_id}")
+        entry.task.add_done_callback(_retrieve)
         return entry
 
     async def _prepare(self, entry: _Entry, wait_for_slot: bool) -> Sandbox:

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from shoal.router.programs.config import ProgramClassConfig
-from shoal.router.sandboxes.backend import Sandbox, SandboxUnavailable, ToolCall, ToolResult, Usage
+from shoal.router.sandboxes.backend import (
+    Sandbox,
+    SandboxError,
+    SandboxUnavailable,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="local isolation (namespaces, uids) needs root")
 
@@ -48,6 +55,8 @@ class FakeBackend:
         self.preparing = 0
         self.max_preparing = 0
         self.disk = 0
+        self.failures = 0
+        """The next this many creations fail (a broken preparation)."""
         self._lock = threading.Lock()
 
     def check(self, cls: ProgramClassConfig) -> None:
@@ -61,6 +70,9 @@ class FakeBackend:
         time.sleep(self.prepare_s)
         with self._lock:
             self.preparing -= 1
+            if self.failures:
+                self.failures -= 1
+                raise SandboxError("preparation failed: exit code 1")
             self.created += 1
             sandbox = Sandbox(sandbox_id, cls.name, program_id, f"fake/{sandbox_id}")
             self.alive[sandbox_id] = sandbox

@@ -8,6 +8,7 @@ import pytest
 from _sandbox_helpers import FakeBackend, FakeClock, make_class
 from prometheus_client import generate_latest
 
+from shoal.router.sandboxes.backend import SandboxError
 from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager, UnknownTool
 from shoal.router.sandboxes.settings import SandboxSettings
 
@@ -165,3 +166,27 @@ async def test_prepare_time_excludes_the_wait_for_a_preparation_slot() -> None:
     assert second is not None and isinstance(second["prepare_s"], float)
     assert 0.1 < second["prepare_s"] < 0.25
     await m.stop()
+
+
+async def test_a_failed_preparation_is_retried_by_the_next_call() -> None:
+    """Regression: a failed (pre-warmed) preparation stayed the program's, failing every later call."""
+    backend = FakeBackend()
+    backend.failures = 1
+    m = manager(backend)
+    cls = make_class()
+    await m.prewarm("p1", cls)
+    await settle(m)
+    assert (await m.run_tool("p1", cls, "sh", b"first")).stdout == "first"  # the failed pre-warm is retried
+    backend.failures = 1
+    with pytest.raises(SandboxError, match="preparation failed"):
+        await m.run_tool("p2", cls, "sh", b"")
+    assert (await m.run_tool("p2", cls, "sh", b"again")).stdout == "again"
+    assert len(backend.alive) == 2
+
+
+async def test_prewarm_is_a_hint_that_never_raises() -> None:
+    m = manager(FakeBackend(), max_sandboxes=1)
+    cls = make_class()
+    await m.run_tool("p1", cls, "sh", b"")
+    await m.prewarm("p2", cls)  # over the limit: logged, not raised
+    assert m.programs() == ["p1"]
