@@ -212,6 +212,15 @@ class KubeClient:
             resp = await self._request("POST", rt.path(ns), json_body=obj)
         return self._check(resp)
 
+    async def create(self, obj: dict[str, Any]) -> bool:
+        """Create ``obj``; False when it already exists (its content is then left as it is)."""
+        rt = resource_of(obj)
+        resp = await self._request("POST", rt.path(obj["metadata"].get("namespace")), json_body=obj)
+        if resp.status == 409:
+            return False
+        self._check(resp)
+        return True
+
     async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
         """Delete (background propagation); False when it was already gone."""
         resp = await self._request("DELETE", rt.path(namespace, name), params={"propagationPolicy": "Background"})

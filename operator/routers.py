@@ -9,7 +9,7 @@ from typing import Any
 from shoal.crds import AgentProgramSpec, ModelPoolSpec, Reason, RouterSpec
 from shoal.operator.builders.common import Owner, config_hash
 from shoal.operator.builders.program_class import ClassError, cluster_problem, owner_ref, program_class
-from shoal.operator.builders.router import endpoint_url, router_children, sandbox_problem
+from shoal.operator.builders.router import endpoint_url, peer_secret, router_children, sandbox_problem
 from shoal.operator.builders.router_config import (
     RenderError,
     kubernetes_endpoints,
@@ -96,6 +96,8 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
         secret = spec.auth.api_keys_secret.name
         if await ctx.kube.get(SECRETS, owner.namespace, secret) is None:
             raise NotReady(Reason.SECRET_NOT_FOUND, f"Secret {secret!r} with the API keys not found")
+    if spec.replicas > 1:
+        await ctx.kube.create(peer_secret(owner))
     applied = await asyncio.gather(*(ctx.kube.apply(c) for c in router_children(owner, spec, rendered, ctx.images)))
     deployment = next(a for a in applied if a.get("kind") == "Deployment")
     digest = config_hash(rendered.data())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from typing import Any
 
 from shoal.crds import RouterSpec
@@ -27,12 +28,14 @@ from shoal.operator.builders.common import (
 from shoal.operator.builders.router_config import (
     API_KEYS_DIR,
     CLASSES_DIR,
+    PEER_SECRET_ENV,
     UPSTREAM_KEY_ENV,
     RenderedConfig,
 )
 from shoal.router.sandboxes.kubernetes import RBAC_RULES
 
 CONFIG_DIR = "/etc/shoal/router"
+PEER_SECRET_KEY = "secret"
 STATE_DIR = "/var/lib/shoal"
 """The router's writable directory (an emptyDir; the root filesystem is read-only)."""
 MAX_ROUTER_ID = 40
@@ -85,6 +88,18 @@ def _sandbox_env(owner: Owner, spec: RouterSpec) -> list[dict[str, Any]]:
     return env
 
 
+def peer_secret_name(owner: Owner) -> str:
+    return f"{child_name(owner)}-peers"
+
+
+def peer_secret(owner: Owner) -> Manifest:
+    """A random secret shared by the router's replicas (created once, never re-applied: a new
+    value would split the replicas until they all restart)."""
+    meta = metadata(owner, name=peer_secret_name(owner))
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+            "stringData": {PEER_SECRET_KEY: secrets.token_urlsafe(32)}}  # fmt: skip
+
+
 def classes_config_map_name(owner: Owner) -> str:
     return f"{child_name(owner)}-classes"
 
@@ -118,8 +133,11 @@ def deployment(owner: Owner, spec: RouterSpec, rendered: RenderedConfig, images:
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_keys_secret.name}})
     env = _sandbox_env(owner, spec)
     if spec.replicas > 1:
-        # Program ownership: each replica tells the others its own address (peers.self).
+        # Program ownership: each replica tells the others its own address (peers.self), and
+        # proves the calls it forwards with a secret only the replicas know.
         env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        secret = {"secretKeyRef": {"name": peer_secret_name(owner), "key": PEER_SECRET_KEY}}
+        env.append({"name": PEER_SECRET_ENV, "valueFrom": secret})
     if rendered.upstream_key is not None:
         key = rendered.upstream_key
         env.append({"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}})

@@ -23,6 +23,8 @@ API_KEYS_DIR = "/etc/shoal/api-keys"
 CLASSES_DIR = "/etc/shoal/router-classes"
 CLASSES_KEY = "classes.yaml"
 UPSTREAM_KEY_ENV = "SHOAL_UPSTREAM_API_KEY"
+PEER_SECRET_ENV = "SHOAL_PEER_SECRET"
+"""The secret router replicas prove a forwarded program call with (``programs.forwardedSecretEnv``)."""
 
 
 class RenderError(Exception):
@@ -116,9 +118,11 @@ def _routes(spec: RouterSpec) -> list[dict[str, Any]]:
     return routes
 
 
-def _programs(spec: RouterSpec, classes_file: str) -> dict[str, Any]:
+def _programs(spec: RouterSpec, classes_file: str, forwarding: bool) -> dict[str, Any]:
     p = spec.programs
+    forwarded = {"forwardedSecretEnv": PEER_SECRET_ENV} if forwarding else {}
     return {
+        **forwarded,
         "classesFile": classes_file,
         "reloadIntervalS": p.reload_interval_seconds,
         "highWatermark": p.kv_high_watermark,
@@ -168,7 +172,7 @@ def render_router_config(
         ],
         "routes": _routes(spec),
         "picking": _picking(spec),
-        "programs": _programs(spec, classes_file),
+        "programs": _programs(spec, classes_file, forwarding=peers is not None and spec.replicas > 1),
         "logLevel": spec.log_level,
     }
     if spec.auth is not None:

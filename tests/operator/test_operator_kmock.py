@@ -25,6 +25,7 @@ from shoal.operator.kube import (
     ROLEBINDINGS,
     ROLES,
     ROUTERS,
+    SECRETS,
     SERVICEACCOUNTS,
     SERVICES,
 )
@@ -443,6 +444,14 @@ def test_counts_add_up_over_router_replicas(api: Api, operator: OperatorProcess,
     api.create(pool("chat"), ns)
     api.create(router("front", pools=[{"name": "chat"}], replicas=2), ns)
     wait_for(lambda: api.get(DEPLOYMENTS, ns, "front-router"), what="router deployment")
+    # The replicas' forwarding secret: created once, owned by the Router, kept across reconciles.
+    secret = api.get(SECRETS, ns, "front-router-peers")
+    assert secret is not None and secret["metadata"]["ownerReferences"][0]["kind"] == "Router"
+    value = (secret.get("stringData") or secret.get("data"))["secret"]
+    api.patch(ROUTERS, ns, "front", {"spec": {"logLevel": "debug"}})
+    wait_for(lambda: api.get(ROUTERS, ns, "front")["status"].get("observedGeneration") == 2, what="reconciled")
+    again = api.get(SECRETS, ns, "front-router-peers")
+    assert (again.get("stringData") or again.get("data"))["secret"] == value
     labels = {"shoal.dev/router": "front", "app.kubernetes.io/component": "router"}
     for ip in ("10.9.0.1", "10.9.0.2"):
         api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"front-router-{ip[-1]}", "labels": labels},

@@ -230,6 +230,9 @@ def test_router_replicas_find_each_other_for_program_ownership() -> None:
         dep = next(c for c in router_children(OWNER, spec, rendered, Images()) if c["kind"] == "Deployment")
         env = dep["spec"]["template"]["spec"]["containers"][0].get("env", [])
         assert ({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in env) == expected
+        assert (config.programs.forwarded_secret_env == "SHOAL_PEER_SECRET") == expected
+        secret = {"secretKeyRef": {"name": "front-router-peers", "key": "secret"}}
+        assert ({"name": "SHOAL_PEER_SECRET", "valueFrom": secret} in env) == expected
         if config.peers is not None:
             assert config.peers.kubernetes is not None
             assert config.peers.kubernetes.label_selector == "shoal.dev/router=front,app.kubernetes.io/component=router"
