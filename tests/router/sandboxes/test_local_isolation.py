@@ -204,3 +204,22 @@ def test_router_state_and_hidden_paths_are_unreadable(outside_tmp: Path, monkeyp
     result = run(backend, make_class(tools=[shell_tool("peek", script)]), "peek")
     assert "sk-secret" not in result.stdout and "hidden" not in result.stdout and "sb-" not in result.stdout
     assert result.stdout == "public\ndone\n", result  # what is not hidden stays readable: the test can fail
+
+
+def test_without_root_a_timeout_still_kills_the_call_group(tmp_path: Path) -> None:
+    """The reduced mode (no uid of its own): the process group and its descendants are killed."""
+    settings = SandboxSettings(state_dir=str(tmp_path), router_id="plain")
+    backend = LocalBackend(settings, Isolation(root=False, network_namespace=False, mount_namespace=False))
+    tag = f"{time.time_ns() % 10**6}"
+    cls = make_class(tools=[shell_tool("hang", f"sleep 310.{tag} & sleep 311.{tag}")], network="egress")
+    sandbox = backend.create("sb-plain", cls, "p1")
+    assert sandbox.uid is None
+    spec = cls.tool("hang")
+    assert spec is not None
+    result = backend.run(sandbox, cls, ToolCall(spec, b"", 0.5, 1000))
+    assert result.timed_out and result.exit_code == -9
+    time.sleep(0.1)
+    assert not [p for p in psutil.process_iter(["cmdline", "status"])
+                if tag in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]  # fmt: skip
+    backend.destroy(sandbox)
+    assert backend.list_existing() == []
