@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,6 +36,10 @@ async def replicas() -> AsyncIterator[tuple[list[Served], FakeEngine]]:
     ports = [_free_port() for _ in range(2)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     routers = [await Served(create_app(_config(u, urls, engine_served.url)), port=p).start() for u, p in zip(urls, ports, strict=True)]
+    for _ in range(100):  # each has seen the other answer since it started
+        if all(len(_services(r).peers.peers.live()) == 2 for r in routers):
+            break
+        await asyncio.sleep(0.05)
     yield routers, engine
     for r in routers:
         await r.stop()
@@ -131,8 +136,6 @@ async def test_programs_listed_from_any_replica(replicas: tuple[list[Served], Fa
 
 async def test_a_slow_but_live_replica_is_not_declared_dead() -> None:
     """Regression: the probe timeout was the probe interval, so a busy replica flapped dead."""
-    import asyncio
-
     from prometheus_client import CollectorRegistry
     from starlette.applications import Starlette
     from starlette.responses import Response

@@ -28,6 +28,7 @@ from shoal.router.programs.ownership import owner_of
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-team-a"
+MESSAGES = [{"role": "user", "content": "hello"}]
 SECRET_ENV = "SHOAL_TEST_PEER_SECRET"
 
 
@@ -90,6 +91,11 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[list[RouterProc], list[
     try:
         for r in routers:
             await r.wait_ready()
+        for r in routers:  # each has seen the other answer since it started
+            for _ in range(100):
+                if await _metric(r.url, "shoal_router_live_replicas") == len(routers):
+                    break
+                await asyncio.sleep(0.05)
         yield routers, engines
     finally:
         for r in routers:
@@ -167,11 +173,26 @@ async def test_one_program_alternating_between_two_routers(
         assert await _metric(other.url, "shoal_router_requests_total") == 0
         assert (await _program(client, other.url, program))["turns"] == turns + 1  # the spoofed call, at the owner
 
-        # The owner dies: the program goes on through the survivor, which starts a fresh record.
-        owner.kill()
+        # The owner dies in the middle of a stream relayed by the other replica: the client gets
+        # an error event and the end of the stream, as when an engine dies mid-stream.
+        for e in engines:
+            e.tokens, e.token_delay_s = 20, 0.1
+        body = {"model": "tiny", "messages": MESSAGES, "program_id": program, "stream": True}
+        async with client.stream("POST", other.url + "/v1/chat/completions", json=body,
+                                 headers={"authorization": f"Bearer {KEY}"}) as streamed:  # fmt: skip
+            assert streamed.status_code == 200
+            chunks = streamed.aiter_text()
+            received = await anext(chunks)
+            owner.kill()
+            received += "".join([c async for c in chunks])
+        assert '"error"' in received and received.rstrip().endswith("data: [DONE]"), received[-300:]
+        for e in engines:
+            e.tokens, e.token_delay_s = 4, 0.0
+
+        # The program goes on through the survivor, which starts a fresh record.
         for turn in range(4):
             await _call(client, other.url, program, turn, stream=False)
         assert await _metric(other.url, "shoal_router_requests_total", status="200") == 4
         assert await _metric(other.url, "shoal_router_live_replicas") == 1
         assert (await _program(client, other.url, program))["turns"] == 4
-        assert sum(len(e.requests) for e in engines) == turns + 2 + 4
+        assert sum(len(e.requests) for e in engines) == turns + 3 + 4
