@@ -152,7 +152,7 @@ async def write_program_status(
     ctx: Ctx,
     namespace: str,
     name: str,
-    router: dict[str, Any],
+    router: str,
     answer: RouterClasses | None,
     why: str,
     *,
@@ -173,7 +173,7 @@ async def write_program_status(
             body = {**body, "status": {**(body.get("status") or {}), "observedGeneration": generation(body)}}
         elif not _reconciled(body):
             return
-        status = program_status(body, Owner.of(router).name, answer, why, now_rfc3339())
+        status = program_status(body, router, answer, why, now_rfc3339())
         if reconciled is None and status_unchanged(body, status):
             return
         await ctx.kube.patch_status(AGENTPROGRAMS, namespace, name, status)
@@ -190,10 +190,12 @@ async def refresh_program_statuses(ctx: Ctx) -> None:
     for (namespace, router_name), names in sorted(by_router.items()):
         router = await ctx.kube.get(ROUTERS, namespace, router_name)
         if router is None:
-            continue
-        answer, why = await class_reports(ctx, router)
+            # Its classes come back with the Router (they are rendered from every AgentProgram).
+            answer, why = None, f"Router {router_name} not found"
+        else:
+            answer, why = await class_reports(ctx, router)
         for name in names:
-            await write_program_status(ctx, namespace, name, router, answer, why)
+            await write_program_status(ctx, namespace, name, router_name, answer, why)
 
 
 async def poll_program_statuses(ctx: Ctx, interval_s: float) -> None:

@@ -30,7 +30,8 @@ async def reconcile_program(ctx: Ctx, body: dict[str, Any]) -> None:
         router = await _guarded(ctx, body)
     # Ask the router at once: an unchanged class is still loaded, a new one shows up on a later poll.
     answer, why = await class_reports(ctx, router)
-    await write_program_status(ctx, Owner.of(body).namespace, meta["name"], router, answer, why, reconciled=body)
+    namespace, router_name = Owner.of(body).namespace, router["metadata"]["name"]
+    await write_program_status(ctx, namespace, meta["name"], router_name, answer, why, reconciled=body)
 
 
 async def _guarded(ctx: Ctx, body: dict[str, Any]) -> dict[str, Any]:

@@ -474,3 +474,12 @@ def test_counts_add_up_over_router_replicas(api: Api, operator: OperatorProcess,
     status = wait_for(lambda: (s := api.get(AGENTPROGRAMS, ns, "agents")["status"]).get("activePrograms") == 5 and s,
                       what="counts of both replicas")  # fmt: skip
     assert (status["queuedPrograms"], status["stepsPerMinute"]) == (1, 12.0)
+
+    # The Router goes away: not Ready, and says why; it comes back with the class in its file.
+    api.delete(ROUTERS, ns, "front")
+    wait_for(lambda: (c := ready()) and "Router front not found" in c["message"] and c["status"] == "False",
+             what="router gone")  # fmt: skip
+    api.create(router("front", pools=[{"name": "chat"}], replicas=2), ns)
+    wait_for(lambda: (c := ready()) and c["reason"] == "Available", what="router back")
+    classes = yaml.safe_load(api.get(CONFIGMAPS, ns, "front-router-classes")["data"]["classes.yaml"])["classes"]
+    assert [c["name"] for c in classes] == ["agents"]
