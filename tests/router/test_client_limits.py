@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ async def test_unknown_path_and_wrong_method_are_openai_errors(limited: Harness)
 
 
 def _tokenizer_file(tmp: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from shoal.engine.tokenizer import Tokenizer
     from support.tiny_models import write_smollm2_tokenizer
 
@@ -121,9 +123,6 @@ def _tokenizer_file(tmp: Path) -> Path:
 
 
 async def test_huge_prompt_does_not_stall_other_streams(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     tokenizer = _tokenizer_file(tmp_path)
     engine = FakeEngine("e0", tokens=40, token_delay_s=0.05)
     async with Harness([engine]) as h:
@@ -154,3 +153,22 @@ async def test_huge_prompt_does_not_stall_other_streams(tmp_path: Path) -> None:
         await watcher
         await client.close()
     assert max(gaps[1:]) < 0.5, f"a stream stalled for {max(gaps[1:]):.2f} s"
+
+
+def test_huge_prompt_digest_work_and_memory_are_bounded(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from shoal.router.openai_request import parse_request
+    from shoal.router.tokenization import PromptHasher
+
+    hasher = PromptHasher.from_payload(json.loads(_tokenizer_file(tmp_path).read_text()))
+    huge = "The quick brown fox jumps over the lazy dog. " * 160_000  # ~7.2 MB
+    req = parse_request("chat", json.dumps(chat_body(messages=[{"role": "user", "content": huge}])).encode(), {})
+    tracemalloc.start()
+    started = time.perf_counter()
+    digest = hasher.digest(req, "salt", max_tokenized_bytes=256 * 1024)
+    took = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert digest.block_hashes and digest.num_tokens > 1_000_000  # estimated, not tokenized
+    assert took < 1.0 and peak < 4 * len(req.raw), (took, peak)
