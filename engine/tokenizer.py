@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
+from shoal.engine.chat_template import compile_template
 from shoal.engine.chat_tokens import encode_chat_messages
 
 PAYLOAD_VERSION = 1
@@ -292,7 +291,7 @@ class Tokenizer:
         """
         if not self.chat_template:
             raise ValueError("this model has no chat template; send a plain prompt (completions API) instead")
-        template = _compile_template(self.chat_template)
+        template = compile_template(self.chat_template)
         context = {**self.special_tokens, **kwargs}
         try:
             return template.render(
@@ -384,46 +383,3 @@ def _normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("only text content parts are supported in chat messages")
         out["content"] = "\n".join(str(t) for t in texts)
     return out
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(
-    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
-) -> str:
-    # jinja's own tojson HTML-escapes; HF templates expect plain JSON.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-class _GenerationBlock(jinja2.ext.Extension):
-    """Accepts HF's ``{% generation %}...{% endgeneration %}`` tag and renders its body as is."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> Any:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
-
-    def _render(self, caller: Any) -> str:
-        return str(caller())
-
-
-@lru_cache(maxsize=16)
-def _compile_template(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ValueError(f"invalid chat template: {exc}") from exc

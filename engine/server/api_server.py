@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError
+from shoal.engine.server.caller import caller_of
 from shoal.engine.server.errors import APIError, install_error_handlers, unavailable
 from shoal.engine.server.metrics import CONTENT_TYPE, ServerMetrics
 from shoal.engine.server.middleware import RequestGuardMiddleware
@@ -29,7 +30,7 @@ from shoal.engine.server.protocol import (
     TokenizeRequest,
 )
 from shoal.engine.server.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
-from shoal.engine.server.serving import ServerSettings, ServingContext, caller_of
+from shoal.engine.server.serving import ServerSettings, ServingContext
 from shoal.engine.server.serving_chat import create_chat_completion, encode_messages
 from shoal.engine.server.serving_completions import create_completion
 

@@ -6,6 +6,10 @@ it drains a thread-safe inbox (adds, aborts, calls) between steps, runs
 in ONE ``call_soon_threadsafe`` (one wake-up per step, not per token). The event
 loop never touches the engine, so it never waits on model compute.
 
+A step that raises fails only the requests it held (each stream ends with a
+:class:`RequestFailedError`, a 500 ``server_error``; their blocks are freed) and
+the loop goes on; only a failure of the loop's own machinery stops the engine.
+
 Each request gets a :class:`RequestStream`. Outputs are cumulative, so a stream
 keeps only the latest state per completion index: a slow reader gets bigger
 deltas instead of an unbounded queue.
@@ -21,79 +25,23 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from shoal.engine.errors import StepFailedError
+from shoal.engine.server.engine_protocol import (
+    CompletionOutputLike,
+    EngineLike,
+    RequestObserver,
+    RequestOutputLike,
+)
 from shoal.engine.server.errors import RequestFailedError
 
 logger = logging.getLogger("shoal.engine.server")
 T = TypeVar("T")
 
 
-class CompletionOutputLike(Protocol):
-    @property
-    def index(self) -> int: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def token_ids(self) -> Sequence[int]: ...
-    @property
-    def finish_reason(self) -> str | None: ...
-    @property
-    def logprobs(self) -> Sequence[dict[int, float]] | None: ...
-
-
-class RequestOutputLike(Protocol):
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def prompt_token_ids(self) -> Sequence[int]: ...
-    @property
-    def outputs(self) -> Sequence[CompletionOutputLike]: ...
-    @property
-    def finished(self) -> bool: ...
-    @property
-    def num_cached_tokens(self) -> int: ...
-
-
-class EngineLike(Protocol):
-    """What the server needs from ``shoal.engine.llm_engine.LLMEngine``."""
-
-    tokenizer: Any
-    model_name: str
-    max_model_len: int
-
-    def add_request(
-        self,
-        request_id: str,
-        prompt: str | None,
-        params: Any,
-        *,
-        prompt_token_ids: list[int] | None = None,
-        priority: int = 0,
-        program_id: str | None = None,
-        retention_s: float | None = None,
-        tenant: str = "",
-        cache_salt: str = "",
-    ) -> None: ...
-    def step(self) -> Sequence[RequestOutputLike]: ...
-    def abort_request(self, request_id: str) -> None: ...
-    def has_unfinished_requests(self) -> bool: ...
-    def release_program(self, program_id: str, tenant: str = "") -> int: ...
-    def stats(self) -> Any: ...
-    def cached_block_hashes(self) -> list[int]: ...
-
-
 class EngineDeadError(RuntimeError):
     """The engine thread stopped (its own machinery failed, or the server is shutting down)."""
-
-
-class RequestObserver(Protocol):
-    """Per-request timing hooks (metrics); called on the event loop."""
-
-    def on_first_token(self, ttft_s: float, queue_s: float) -> None: ...
-    def on_tokens(self, itl_s: float) -> None: ...
-    def on_finish(self, e2e_s: float, finish_reason: str | None) -> None: ...
 
 
 @dataclass(frozen=True)

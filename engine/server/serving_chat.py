@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from shoal.engine import chat_format
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.server.caller import caller_of
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import ChatCompletionRequest, Message
 from shoal.engine.server.protocol import FunctionCall as FunctionCallOut
@@ -28,7 +29,6 @@ from shoal.engine.server.serving import (
     ClientDisconnected,
     EventStreamResponse,
     ServingContext,
-    caller_of,
     clamp_logprob,
     final_updates,
     new_id,

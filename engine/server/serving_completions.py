@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.server.caller import caller_of
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import MAX_N, CompletionRequest
 from shoal.engine.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
@@ -18,7 +19,6 @@ from shoal.engine.server.serving import (
     ClientDisconnected,
     EventStreamResponse,
     ServingContext,
-    caller_of,
     clamp_logprob,
     final_updates,
     merged_updates,
