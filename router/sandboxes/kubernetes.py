@@ -26,6 +26,7 @@ from shoal.router.sandboxes.backend import (
 from shoal.router.sandboxes.kubernetes_manifests import (
     PROGRAM_ANNOTATION,
     PROGRAM_LABEL,
+    ROUTER_GROUP_LABEL,
     ROUTER_LABEL,
     SANDBOX_ID_LABEL,
     SANDBOX_LABEL,
@@ -123,13 +124,13 @@ class KubernetesBackend:
 
     def create(self, sandbox_id: str, cls: ProgramClassConfig, program_id: str | None) -> Sandbox:
         self.check(cls)
-        rid = self.settings.router_id
+        where = (self.settings.router_id, self.namespace, self.settings.router_group)
         sandbox = Sandbox(sandbox_id, cls.name, program_id, pod_name(sandbox_id), None, time.time())
         try:
             self.net.create_namespaced_network_policy(
-                self.namespace, sandbox_network_policy(sandbox_id, cls, program_id, rid, self.namespace)
+                self.namespace, sandbox_network_policy(sandbox_id, cls, program_id, *where)
             )
-            self.core.create_namespaced_pod(self.namespace, sandbox_pod(sandbox_id, cls, program_id, rid, self.namespace))
+            self.core.create_namespaced_pod(self.namespace, sandbox_pod(sandbox_id, cls, program_id, *where))
             self._wait_running(sandbox.location)
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -269,18 +270,37 @@ class KubernetesBackend:
                     raise SandboxError(f"could not delete {sandbox.location}: {exc}") from None
 
     def list_existing(self) -> list[Sandbox]:
-        selector = f"{SANDBOX_LABEL}=true,{ROUTER_LABEL}={self.settings.router_id}"
+        """This router's sandboxes; with a ``routerGroup``, also those of group members whose
+        pod is gone (replicas are named after their pods: a replaced replica leaves orphans)."""
+        own, group = self.settings.router_id, self.settings.router_group
+        selector = f"{SANDBOX_LABEL}=true," + (f"{ROUTER_GROUP_LABEL}={group}" if group else f"{ROUTER_LABEL}={own}")
+        alive: dict[str, bool] = {own: True}
         found: dict[str, Sandbox] = {}
-        listings = (self.core.list_namespaced_pod, self.net.list_namespaced_network_policy)
-        for list_fn in listings:
+        for list_fn in (self.core.list_namespaced_pod, self.net.list_namespaced_network_policy):
             for obj in _get(list_fn(self.namespace, label_selector=selector), "items") or []:
                 meta = _get(obj, "metadata")
                 obj_labels = _get(meta, "labels") or {}
                 # Filtered here too: a selector is a request, not a guarantee (and emulators ignore it).
-                if obj_labels.get(SANDBOX_LABEL) != "true" or obj_labels.get(ROUTER_LABEL) != self.settings.router_id:
+                if obj_labels.get(SANDBOX_LABEL) != "true":
                     continue
+                router = obj_labels.get(ROUTER_LABEL) or ""
+                if router != own and (group is None or obj_labels.get(ROUTER_GROUP_LABEL) != group):
+                    continue
+                if router not in alive:
+                    alive[router] = self._pod_exists(router)
+                if router != own and alive[router]:
+                    continue  # a live replica's sandbox
                 sid = obj_labels.get(SANDBOX_ID_LABEL) or ""
                 program = (_get(meta, "annotations") or {}).get(PROGRAM_ANNOTATION) or None
                 found.setdefault(sid, Sandbox(sid, obj_labels.get("shoal.dev/program-class", ""), program,
                                               _get(meta, "name")))  # fmt: skip
         return list(found.values())
+
+    def _pod_exists(self, name: str) -> bool:
+        if not name:
+            return False
+        try:
+            self.core.read_namespaced_pod(name, self.namespace)
+        except Exception as exc:
+            return _status(exc) != 404  # unsure (API trouble): treat it as alive, never remove others' work
+        return True

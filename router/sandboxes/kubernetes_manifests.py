@@ -18,6 +18,7 @@ SANDBOX_LABEL = "shoal.dev/sandbox"
 PROGRAM_LABEL = "shoal.dev/program"
 CLASS_LABEL = "shoal.dev/program-class"
 ROUTER_LABEL = "shoal.dev/router"
+ROUTER_GROUP_LABEL = "shoal.dev/router-group"
 SANDBOX_ID_LABEL = "shoal.dev/sandbox-id"
 PROGRAM_ANNOTATION = "shoal.dev/program-id"
 SANDBOX_UID = 65532
@@ -41,23 +42,29 @@ def program_label(program_id: str | None) -> str:
     return "h-" + hashlib.sha256(program_id.encode()).hexdigest()[:40]
 
 
-def labels(sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str) -> dict[str, str]:
-    return {
+def labels(
+    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, router_group: str | None = None
+) -> dict[str, str]:
+    out = {
         SANDBOX_LABEL: "true",
         SANDBOX_ID_LABEL: sandbox_id,
         CLASS_LABEL: cls.name,
         PROGRAM_LABEL: program_label(program_id),
         ROUTER_LABEL: router_id,
     }
+    if router_group is not None:
+        out[ROUTER_GROUP_LABEL] = router_group
+    return out
 
 
 def _metadata(
-    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str
-) -> dict[str, Any]:
+    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str,
+    router_group: str | None,
+) -> dict[str, Any]:  # fmt: skip
     meta: dict[str, Any] = {
         "name": pod_name(sandbox_id),
         "namespace": namespace,
-        "labels": labels(sandbox_id, cls, program_id, router_id),
+        "labels": labels(sandbox_id, cls, program_id, router_id, router_group),
         "annotations": {PROGRAM_ANNOTATION: program_id or ""},
     }
     if cls.owner is not None:
@@ -80,8 +87,9 @@ def _resources(cls: ProgramClassConfig) -> dict[str, dict[str, str]]:
 
 
 def sandbox_pod(
-    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str
-) -> dict[str, Any]:
+    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str,
+    router_group: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The sandbox's Pod."""
     spec = cls.sandbox
     if spec is None or spec.image is None:
@@ -114,7 +122,7 @@ def sandbox_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(sandbox_id, cls, program_id, router_id, namespace),
+        "metadata": _metadata(sandbox_id, cls, program_id, router_id, namespace, router_group),
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
@@ -134,14 +142,15 @@ def sandbox_pod(
 
 
 def sandbox_network_policy(
-    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str
-) -> dict[str, Any]:
+    sandbox_id: str, cls: ProgramClassConfig, program_id: str | None, router_id: str, namespace: str,
+    router_group: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """No ingress at all; no egress with ``network: none``, any egress with ``network: egress``."""
     assert cls.sandbox is not None
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(sandbox_id, cls, program_id, router_id, namespace),
+        "metadata": _metadata(sandbox_id, cls, program_id, router_id, namespace, router_group),
         "spec": {
             "podSelector": {"matchLabels": {SANDBOX_ID_LABEL: sandbox_id}},
             "policyTypes": ["Ingress", "Egress"],

@@ -42,6 +42,10 @@ class SandboxSettings(StrictModel):
     """Size of that uid range (an upper bound on local sandboxes alive on the machine)."""
     namespace: str = Field(default="default", min_length=1)
     """Kubernetes backend: namespace of the sandbox pods (the AgentPrograms' namespace)."""
+    router_group: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    """Kubernetes backend, several router replicas whose ``routerId`` is their pod name: the
+    Router they belong to. A replica starting up also removes the sandboxes of group members
+    whose pod no longer exists (a replaced replica would leave them until the AgentProgram goes)."""
     pod_start_poll_s: float = Field(default=0.5, gt=0, le=60)
     """Kubernetes backend: how often a starting pod's phase is read."""
 

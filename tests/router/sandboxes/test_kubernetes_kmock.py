@@ -210,3 +210,27 @@ async def test_role_covers_exactly_the_calls_made(apis: tuple[Any, Any, list[str
     documented = {(g, r, v) for rule in yaml.safe_load(block.group(1))["rules"]
                   for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
     assert documented == granted
+
+
+async def test_a_replaced_replicas_sandboxes_are_removed_by_its_group(
+    apis: tuple[Any, Any, list[str]], tmp_path: Path
+) -> None:
+    core = apis[0]._api
+
+    def replica(router_id: str, group: str | None = "front") -> SandboxManager:
+        settings = SandboxSettings(backend="kubernetes", namespace=NS, router_id=router_id, router_group=group,
+                                   pod_start_poll_s=0.01)  # fmt: skip
+        kb = KubernetesBackend(settings, apis=lambda: (apis[0], apis[1]), stream_fn=FakeExec(tmp_path),
+                               sleep=Kubelet(core))  # fmt: skip
+        return SandboxManager(kb, settings, clock=FakeClock())
+
+    cls = image_class(owner_uid=None)
+    core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "front-a"},
+                                    "spec": {"containers": [{"name": "r", "image": "router"}]}})  # fmt: skip
+    await replica("front-a").acquire("a1", cls)  # a live replica (its pod exists)
+    await replica("front-b").acquire("b1", cls)  # a replica whose pod is gone
+    await replica("zzz", group="other").acquire("z1", cls)  # another Router's replica
+    assert await replica("front-c").recover() == 1
+    pods = [p for p in objects(apis)[0] if (p.metadata.labels or {}).get("shoal.dev/sandbox") == "true"]
+    assert sorted(p.metadata.labels["shoal.dev/router"] for p in pods) == ["front-a", "zzz"]
+    assert pods[0].metadata.labels["shoal.dev/router-group"] in ("front", "other")
