@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from shoal.router.sandboxes.backend import SandboxError
+
 
 @dataclass(frozen=True)
 class ProcessOutcome:
@@ -175,7 +177,7 @@ def kill_uid(uid: int, attempts: int = 100) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
         )  # fmt: skip
         time.sleep(0.002)
-    raise RuntimeError(f"processes of uid {uid} survive SIGKILL")
+    raise SandboxError(f"processes of uid {uid} survive SIGKILL")
 
 
 def listening_ports(pids: list[int]) -> int:

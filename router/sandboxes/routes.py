@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import SandboxError, SandboxUnavailable
 from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager
 
+log = logging.getLogger("shoal.router.sandboxes")
 TOOL_PATH = "/v1/programs/{program_id:path}/tools/{tool}"
 ANONYMOUS = "anonymous"
 
@@ -89,6 +91,9 @@ class ToolEndpoint:
             return await self._handle(request)
         except RouterError as err:
             return err.response()
+        except Exception:  # a bug or a broken host: logged, and still an OpenAI-style answer
+            log.exception("tool call %s failed", request.url.path)
+            return RouterError(500, "The tool call failed inside the router.", "server_error", "sandbox_error").response()
 
     async def _handle(self, request: Request) -> Response:
         tenant = self.tenant_of({k.lower(): v for k, v in request.headers.items()}) or ANONYMOUS

@@ -128,3 +128,17 @@ async def test_bad_input_is_4xx(
     c, _, _ = client
     r = await c.post("/v1/programs/p1/tools/echo", content=content, headers={"Content-Type": "application/json"})
     assert r.status_code in (400, 413) and message in r.json()["error"]["message"], r.text
+
+
+async def test_an_internal_failure_is_an_openai_style_500(
+    client: tuple[httpx.AsyncClient, FakeGateway, SandboxManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _, manager = client
+
+    def broken(*args: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(manager.backend, "run", broken)
+    r = await c.post("/v1/programs/p1/tools/echo", json={})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "sandbox_error"
+    assert "disk on fire" not in r.text  # internals stay in the log
