@@ -44,9 +44,8 @@ async def test_first_call_does_not_queue_behind_the_cap() -> None:
     cls = make_class()
     for i in range(5):
         await m.prewarm(f"queued{i}", cls)
-    began = asyncio.get_running_loop().time()
     await m.run_tool("queued4", cls, "sh", b"hi")  # last in the prewarm queue, needed now
-    assert asyncio.get_running_loop().time() - began < 0.45  # not 5 x 0.2 s
+    assert backend.created <= 2  # its own and at most the one holding the slot: it jumped the queue
     await m.stop()
     assert backend.alive == {}
 
