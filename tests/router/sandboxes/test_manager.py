@@ -163,7 +163,7 @@ async def test_prepare_time_excludes_the_wait_for_a_preparation_slot() -> None:
     await settle(m)
     second = await m.ledger("second")
     assert second is not None and isinstance(second["prepare_s"], float)
-    assert 0.1 < second["prepare_s"] < 0.25
+    assert 0.14 < second["prepare_s"] < 0.29  # the buggy figure was >= 0.3 (slot wait + preparation)
     await m.stop()
 
 
