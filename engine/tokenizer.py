@@ -238,7 +238,7 @@ class Tokenizer:
         return self._backend
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return _encode(self._backend, text, add_special_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
@@ -250,7 +250,7 @@ class Tokenizer:
             backend = HFTokenizer.from_str(self._backend.to_str())
             backend.encode_special_tokens = True
             self._text_backend = backend
-        return list(self._text_backend.encode(text, add_special_tokens=False).ids)
+        return _encode(self._text_backend, text, False)
 
     @property
     def special_token_strings(self) -> list[str]:
@@ -353,6 +353,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot parse {path}: {exc}") from exc
     return data if isinstance(data, dict) else {}
+
+
+_GIL_FREE_CHARS = 16 * 1024
+
+
+def _encode(backend: HFTokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    if len(text) > _GIL_FREE_CHARS:
+        # encode_batch releases the GIL while it works (encode does not): a long prompt being
+        # tokenized in a worker thread then does not stall the event loop
+        return list(backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
+    return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
 
 def _token_content(value: Any) -> str | None:

@@ -266,3 +266,30 @@ def test_max_token_bytes_bounds_every_token(tiny_llama_dir: Path) -> None:
     tok = Tokenizer.from_hf_folder(tiny_llama_dir)
     text = "".join(TEXTS) * 3
     assert len(text.encode()) <= len(tok.encode(text)) * tok.max_token_bytes
+
+
+def test_long_texts_are_encoded_without_holding_the_gil(tiny_llama_dir: Path) -> None:
+    import threading
+    import time
+
+    tok = Tokenizer.from_hf_folder(tiny_llama_dir)
+    mixed = "".join(TEXTS) * 40
+    assert tok.encode(mixed) == list(tok.backend.encode(mixed).ids)
+    text = "word " * 200_000
+    stop, worst = threading.Event(), [0.0]
+
+    def tick() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.005)
+            now = time.monotonic()
+            worst[0], last = max(worst[0], now - last), now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    start = time.monotonic()
+    tok.encode(text)
+    took = time.monotonic() - start
+    stop.set()
+    ticker.join()
+    assert worst[0] < max(0.5, took / 2), f"another thread waited {worst[0]:.2f}s of {took:.2f}s"
