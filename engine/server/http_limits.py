@@ -32,6 +32,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
+        self._head_started = False
         self._head_bytes = 0
         self._header_count = 0
         self._heads_completed = 0
@@ -59,9 +60,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
-            self._reject(408, f"The request head was not received within {self.head_timeout_s:g} seconds.",
-                         "request_timeout")  # fmt: skip
+        if not self._in_head or self.transport.is_closing():
+            return
+        if not self._head_started:
+            # nothing of a request arrived: close like an idle keep-alive connection (no 408 a
+            # client could mistake for the answer to a request it is sending right now)
+            self.transport.close()
+            return
+        self._reject(408, f"The request head was not received within {self.head_timeout_s:g} seconds.",
+                     "request_timeout")  # fmt: skip
 
     # ---- parsing
 
@@ -78,6 +85,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_started = True
         self._head_bytes = 0
         self._header_count = 0
         self._arm_head_timer()
@@ -98,6 +106,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._rejected:
             return
         self._in_head = False
+        self._head_started = False
         self._heads_completed += 1
         self._cancel_head_timer()
         if self._header_count > self.max_header_count:

@@ -182,3 +182,10 @@ def test_a_body_bigger_than_the_head_limit_in_one_packet_is_not_a_big_head() -> 
             received = len(head.partition(b"\r\n\r\n")[2])
             while received < length:
                 received += len(sock.recv(65536))
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout() -> None:
+    with serve_in_thread(limited_app(), LIMITS) as url, connect(url) as sock:
+        start = time.monotonic()
+        assert read_all(sock) == b""  # closed silently: there is no request to answer
+        assert 0.4 < time.monotonic() - start < 3
