@@ -32,14 +32,20 @@ POLICIES: dict[str, PickingConfig] = {
     "least-loaded": PickingConfig.model_validate(
         {"filters": ["healthy"], "scorers": ["least-requests"], "picker": "max-score"}
     ),
-    # The router's default picking: prefix-affinity x3, queue-depth, kv-usage, session-affinity.
+    # The router's default picking: prefix-affinity x3 (loadSlack 4), queue-depth, kv-usage, session-affinity.
     "prefix-aware": PickingConfig(),
     "prefix-aware (precise)": PickingConfig.model_validate({"prefix": {"mode": "precise"}}),
 }
-UNDAMPED = PickingConfig.model_validate({"scorers": [
-    {"type": "prefix-affinity", "weight": 3, "params": {"loadSlack": None}}, "queue-depth", "kv-usage",
-    "session-affinity",
-]})
+
+
+def with_prefix(weight: float, slack: float | None) -> PickingConfig:
+    return PickingConfig.model_validate({"scorers": [
+        {"type": "prefix-affinity", "weight": weight, "params": {"loadSlack": slack}}, "queue-depth", "kv-usage",
+        "session-affinity",
+    ]})
+
+
+UNDAMPED = with_prefix(3, None)
 """The default picking before headroom damping (issue 11): prefix affinity regardless of load."""
 HOT_PREFIX = ChatWorkload(system_prompts=1, system_tokens=1000, turns=1, user_tokens=(20, 80), reply_tokens=(20, 60))
 """Many short chats sharing one system prompt."""
@@ -80,6 +86,32 @@ def run_hot(engines: int, rates: list[float], duration: float, warmup: float) ->
             print(f"hot prefix {engines} engines rate {rate:5.1f}/s {name:36s} p99 {row.p99_ms:7.1f} ms "
                   f"shares {' '.join(f'{x:.2f}' for x in row.shares)} spread {row.spread:.1f}", flush=True)
     return rows
+
+
+def weight_sweep(engines: int, multi_turn_rate: float, hot_rate: float) -> list[str]:
+    """How the default prefix weight and ``loadSlack`` were chosen: both scenarios near saturation."""
+    lines = [
+        f"## Choosing the defaults: prefix weight x loadSlack ({engines} engines)", "",
+        f"Multi-turn chats at {multi_turn_rate:g} conversations/s (120 s, the saturation point above) and the hot "
+        f"prefix at {hot_rate:g} requests/s (40 s). The default must keep the hot prefix balanced (no idle engine) "
+        "while giving up as little of the multi-turn cache hits as it can.", "",
+        "| prefix weight | loadSlack | multi-turn TTFT p50 / p99 (ms) | multi-turn hit rate | hot TTFT p50 / p99 (ms) "
+        "| hot share per engine |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for weight, slack in [(3, None), (3, 2), (3, 4), (3, 8), (4, 4), (4, 6), (5, 8)]:
+        picking = with_prefix(weight, slack)
+        multi = simulate(FleetParams(engines=engines, rate=multi_turn_rate), picking, "sweep")
+        hot = simulate(FleetParams(engines=engines, rate=hot_rate, duration_s=40, warmup_s=10, workload=HOT_PREFIX),
+                       picking, "sweep")
+        m = summarize(multi, float("nan"))
+        h = [(x.first_token_at or 0.0) - x.arrival for x in hot.measured()]
+        total = max(1, sum(hot.picks_per_engine))
+        shares = " / ".join(f"{n / total:.2f}" for n in hot.picks_per_engine)
+        lines.append(f"| {weight:g} | {'none' if slack is None else f'{slack:g}'} | {m.p50_ms:.0f} / {m.p99_ms:.0f} | "
+                     f"{m.hit:.3f} | {pct(h, 50) * 1000:.0f} / {pct(h, 99) * 1000:.0f} | {shares} |")
+        print(lines[-1], flush=True)
+    return [*lines, ""]
 
 
 def hot_lines(rows: list[HotRow], engines: int) -> list[str]:
@@ -208,9 +240,9 @@ def write(rows: list[Row], fleet_sizes: list[int], args: argparse.Namespace, wal
         f"{work.user_tokens[1]} tokens, reply {work.reply_tokens[0]}-{work.reply_tokens[1]} tokens, exponential "
         f"think time of mean {work.think_time_s:g} s); each turn's prompt is the whole history.",
         "- Policies: round-robin (picker `round-robin`); least-loaded (scorer `least-requests`); prefix-aware "
-        "(the default picking: `prefix-affinity` x3, damped by the endpoint's queue beyond the least loaded "
-        "one's (`loadSlack` 4), + `queue-depth` + `kv-usage` + `session-affinity`, approximate index) and the "
-        "same with the precise (digest) index.",
+        "(the default picking: `prefix-affinity` x3, damped by headroom: score x (least queue + 4) / (own queue + "
+        "4), `loadSlack` 4; + `queue-depth` + `kv-usage` + `session-affinity`, approximate index) and the same "
+        "with the precise (digest) index.",
         "- Hit rate = cached prompt tokens / prompt tokens after warm-up. Oracle = one engine with the whole "
         "fleet's cache seeing every request in order (the best any placement can do).",
         f"- {args.duration:g} s of virtual time per run, first {args.warmup:g} s excluded.",
@@ -255,6 +287,8 @@ def main() -> int:
         hot_rates = [60.0]
         args.duration, args.warmup = 60.0, 15.0
     hot = hot_lines(run_hot(4, hot_rates, 40.0, 10.0), 4)
+    if not args.quick:
+        hot += weight_sweep(4, 4.0, 60.0)
     rows: list[Row] = []
     for n, rates in sweeps.items():
         rows += run(n, [float(r) for r in rates], args.duration, args.warmup, list(POLICIES))

@@ -16,10 +16,12 @@ from shoal.router.picking.types import Candidate, EndpointId, PickRequest
 
 class PrefixAffinityParams(Params):
     load_slack: float | None = Field(default=4.0, gt=0)
-    """Headroom damping: an endpoint carrying ``load_slack`` more requests than the least loaded
-    candidate gets half its cache-match score, twice that a third, and so on; so a hot prefix
-    cannot pile every request onto the engine that holds it while others sit idle. Load is the
-    scraped queue plus what was sent since the scrape (the router's in-flight count without
+    """Headroom damping: each endpoint's cache-match score is multiplied by
+    ``(least + load_slack) / (load + load_slack)``, where ``load`` is its queue and ``least`` the
+    least loaded candidate's. An engine ``load_slack`` requests busier than an idle one keeps half
+    its score, so a hot prefix cannot pile every request onto the engine holding it while others
+    sit idle; when every engine is busy the damping is gentler (the cache still counts). Load is
+    the scraped queue plus what was sent since the scrape (the router's in-flight count without
     fresh metrics). None: no damping (pure cache affinity)."""
 
 
@@ -57,7 +59,7 @@ class PrefixAffinityScorer(Scorer):
             return scores
         loads = {c.url: endpoint_load(c) for c in endpoints}
         least = min(loads.values())
-        return {url: score * slack / (slack + loads[url] - least) for url, score in scores.items()}
+        return {url: score * (least + slack) / (loads[url] + slack) for url, score in scores.items()}
 
     async def on_picked(self, req: PickRequest, chosen: Candidate) -> None:
         if req.block_hashes:
