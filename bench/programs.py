@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
     parser.add_argument("--real", action="store_true",
                         help="2 real engines (bundled model, small KV) behind the real router, real tool sleeps")
-    parser.add_argument("--real-concurrency", type=int, default=8)
+    parser.add_argument("--real-concurrency", type=int, default=10)
     parser.add_argument("--real-duration", type=float, default=240.0, help="seconds per policy (real mode)")
     args = parser.parse_args()
     if args.real:

@@ -43,7 +43,7 @@ POLICIES = ("prefix+load", "shoal")
 class RealParams:
     """One real run (both policies use the same)."""
 
-    concurrency: int = 8
+    concurrency: int = 10
     duration_s: float = 240.0
     warmup_s: float = 40.0
     kv_blocks: int = 64

@@ -56,7 +56,7 @@ def _tool_quantiles(regime: str, draws: int = 20000) -> tuple[float, float]:
     return pct(values, 50), pct(values, 99)
 
 
-def plot(sweep_rows: list[Row], path: Path) -> None:
+def plot(sweep_rows: list[Row], path: Path, regime: str, c2x: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +67,11 @@ def plot(sweep_rows: list[Row], path: Path) -> None:
         pts = sorted((r.concurrency, r.steps_per_min) for r in sweep_rows if r.policy == policy)
         ax.plot([c for c, _ in pts], [s for _, s in pts], marker="o", label=policy,
                 linewidth=2.5 if policy == SHOAL else 1.2)
-    ax.set(title="Agent programs on 2 simulated engines (sweep regime, clients release)",
+    ax.axvline(c2x / 2, color="k", linestyle=":", linewidth=1)
+    ax.axvline(c2x, color="k", linestyle="--", linewidth=1)
+    ax.text(c2x / 2, ax.get_ylim()[0], " KV full", fontsize=8, va="bottom")
+    ax.text(c2x, ax.get_ylim()[0], " 2x", fontsize=8, va="bottom")
+    ax.set(title=f"Agent programs on 2 simulated engines ({regime} tools, clients release)",
            xlabel="concurrent programs (C)",
            ylabel="steps / min")
     ax.grid(alpha=0.3)
@@ -93,7 +97,7 @@ def write_report(
     sweep_regime: str,
 ) -> None:
     md.parent.mkdir(parents=True, exist_ok=True)
-    plot(sweep_rows, png)
+    plot(sweep_rows, png, sweep_regime, c2x)
     max_wait = ShoalPolicy().config.max_wait_s
     w = workload
     lines = [
