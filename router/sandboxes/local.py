@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -93,6 +94,15 @@ def probe_isolation() -> Isolation:
         network_namespace=works("unshare", "--net", "true"),
         mount_namespace=root and works("unshare", "--mount", "--propagation", "private", "true"),
     )
+
+
+def _uid_in_use(uid: int) -> bool:
+    """A user of this host (it may own files a sandbox must not touch) or a running process has it."""
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return bool(uid_processes(uid))
+    return True
 
 
 def default_state_root() -> Path:
@@ -284,7 +294,7 @@ class LocalBackend:
                 continue
             with os.fdopen(fd, "wb") as f:
                 f.write(owner)
-            if uid_processes(uid):  # used outside Shoal: never share it (and never kill its processes)
+            if _uid_in_use(uid):  # used outside Shoal: never share it (and never kill its processes)
                 (self.uid_dir / str(uid)).unlink()
                 continue
             return uid

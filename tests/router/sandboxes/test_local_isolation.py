@@ -223,3 +223,12 @@ def test_without_root_a_timeout_still_kills_the_call_group(tmp_path: Path) -> No
                 if tag in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]  # fmt: skip
     backend.destroy(sandbox)
     assert backend.list_existing() == []
+
+
+def test_uids_of_host_users_are_never_given_to_a_sandbox(tmp_path: Path) -> None:
+    import pwd
+
+    taken = pwd.getpwnam("nobody").pw_uid  # a real account: a sandbox with its uid could touch its files
+    settings = SandboxSettings(state_dir=str(tmp_path), router_id="uids", uid_base=taken, uid_count=2)
+    backend = LocalBackend(settings, Isolation(root=True, network_namespace=True, mount_namespace=True))
+    assert backend._claim_uid("sb-x") == taken + 1  # nobody's uid is skipped
