@@ -190,20 +190,21 @@ class SandboxManager:
 
     async def _call(self, entry: _Entry, sandbox: Sandbox, call: ToolCall) -> ToolResult:
         cls = entry.cls
+        limit = cls.sandbox.resources.disk_bytes if cls.sandbox else None
         try:
             async with entry.lock:
                 if entry.over_disk is not None:
                     raise SandboxDiskFull(
-                        f"the sandbox uses {entry.over_disk} bytes of disk, over its limit of "
-                        f"{cls.sandbox.resources.disk_bytes if cls.sandbox else 0}; release the program"
+                        f"the sandbox uses {entry.over_disk} bytes of disk, over its limit of {limit}; "
+                        "release the program"
                     )
                 result = await self._blocking(self.backend.run, sandbox, cls, call)
-                entry.usage = await self._blocking(self.backend.usage, sandbox)
+                if limit is not None:  # measuring walks the whole directory: only when it is checked
+                    entry.usage = await self._blocking(self.backend.usage, sandbox)
         finally:
             entry.busy -= 1
             entry.last_activity = self.clock()
         entry.tool_calls += 1
-        limit = cls.sandbox.resources.disk_bytes if cls.sandbox else None
         if limit is not None and entry.usage.disk_bytes > limit:
             entry.over_disk = entry.usage.disk_bytes
         outcome = "timeout" if result.timed_out else ("ok" if result.exit_code == 0 else "failed")
