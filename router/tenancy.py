@@ -67,7 +67,7 @@ class Tenancy:
         if self._header is not None:
             value = headers.get(self._header, "").strip()
             if value:
-                if len(value) > _MAX_TENANT_CHARS or not value.isprintable():
+                if len(value) > _MAX_TENANT_CHARS or not (value.isascii() and value.isprintable()):
                     raise bad_request(f"invalid {self._cfg.tenant_header} header")
                 return value
         return key_name or ANONYMOUS

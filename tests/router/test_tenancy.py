@@ -57,8 +57,9 @@ async def test_gateway_tenant_header_and_shared_cache() -> None:
     async with Harness([engine], cfg) as h, httpx.AsyncClient(base_url=h.url) as c:
         assert (await c.post("/v1/chat/completions", json=chat_body(), headers={"x-tenant": "acme"})).status_code == 200
         assert (await c.post("/v1/chat/completions", json=chat_body())).status_code == 200
-        bad = await c.post("/v1/chat/completions", json=chat_body(), headers={"x-tenant": "a\tb"})
-        assert bad.status_code == 400
+        for bad_tenant in ("a\tb", "x" * 300, "caf\u00e9"):
+            bad = await c.post("/v1/chat/completions", json=chat_body(), headers={"x-tenant": bad_tenant.encode()})
+            assert bad.status_code == 400, bad_tenant
     acme, anonymous = engine.headers_seen
     assert acme["x-shoal-tenant"] == "acme" and anonymous["x-shoal-tenant"] == "anonymous"
     assert acme["x-shoal-cache-salt"] == anonymous["x-shoal-cache-salt"] == ""
