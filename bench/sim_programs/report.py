@@ -46,6 +46,21 @@ POLICY_NOTES = {
 }
 
 
+def scheduler_version() -> str:
+    """The commit of router/programs the Shoal row ran (``+ uncommitted changes`` when the tree differs)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=format:%Y-%m-%d %H:%M", "--",
+                                 "router/programs"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "router/programs"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"`{commit}`" + (" + uncommitted changes" if dirty else "")
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
@@ -111,6 +126,7 @@ def write_report(
         "",
         f"- Command: `{command}` ({wall_s:.0f} s wall on {platform.processor() or platform.machine()}, "
         "2 shared cores; results are in virtual time and do not depend on the machine)",
+        f"- Shoal's scheduler: router/programs at {scheduler_version()}",
         f"- Cost model (`bench/results/programs-costmodel.json`, `--refit` re-measures): **{cost.describe()}**, "
         f"P = prompt tokens computed in the step, A = attention work (chunk x (prefix + chunk/2) per prompt chunk "
         f"+ context per decode), D = decodes. Fitted on {cost.source}.",
@@ -202,17 +218,22 @@ def write_real_report(md: Path, params: RealParams, results: list[RealStats], co
         f"{params.max_tokens} output tokens per call, a shared {params.system_words}-word system prompt, real tool "
         f"sleeps (lognormal, median {params.tool_median_s:g} s, sigma {params.tool_sigma:g}); "
         f"{params.duration_s:.0f} s per policy, the first {params.warmup_s:.0f} s excluded.",
+        f"- Shoal's scheduler: router/programs at {scheduler_version()}",
         "- `shoal`: calls carry `program_id`, programs are released at their end (the router's program scheduler "
         "with its default settings); `prefix+load`: the same calls without a program (no admission).",
         "- ThunderAgent-as-coded is not run on real engines (its policy exists only in the simulator).",
         "",
-        "| policy | steps/min | x prefix+load | hit rate | programs done | completion p50 (s) | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| policy | steps/min | x prefix+load | hit rate | mean prompt (tokens) | KV needed / KV | programs done | "
+        "completion p50 (s) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    kv_tokens = 2 * params.kv_blocks * 16
     for r in results:
         x = f"{ratio(r.steps_per_min, base.steps_per_min):.2f}" if base else "-"
-        lines.append(f"| {r.policy} | {r.steps_per_min:.1f} | {x} | {r.hit_rate:.3f} | {len(r.completions)} | "
-                     f"{_fmt(pct(r.completions, 50))} | {r.errors} |")
+        mean_prompt = r.prompt_tokens / r.steps if r.steps else float("nan")
+        need = params.concurrency * mean_prompt / kv_tokens
+        lines.append(f"| {r.policy} | {r.steps_per_min:.1f} | {x} | {r.hit_rate:.3f} | {_fmt(mean_prompt, 0)} | "
+                     f"{_fmt(need, 2)}x | {len(r.completions)} | {_fmt(pct(r.completions, 50))} | {r.errors} |")
     if base and shoal:
         value = ratio(shoal.steps_per_min, base.steps_per_min)
         lines += ["", f"Target (issue 9, real engines): Shoal >= 1.3x steps/min over no-admission: **{value:.2f}x, "
