@@ -1,4 +1,4 @@
-"""Time rules of program scheduling: activity, leases, lost calls, and the next deadline.
+"""Time rules of program scheduling: activity, leases and lost calls.
 
 A program lives while it is active: a call arriving or ending, a tool finishing. A call in
 flight (or held) counts as activity only up to the router's total request timeout, so a
@@ -6,8 +6,6 @@ client that crashed mid-call still lets its lease run out.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from shoal.router.programs.state import Program
 
@@ -32,13 +30,8 @@ def lost_calls(program: Program, now: float, call_timeout_s: float) -> list[str]
     ]
 
 
-def next_deadline(programs: Iterable[Program], now: float, max_wait_s: float, call_timeout_s: float) -> float | None:
-    """The earliest time a decision may come without an event: a lease running out, a held
-    call reaching the aging bound, a pin expiring (one that already ran out is no deadline)."""
-    times: list[float] = []
-    for p in programs:
-        times.append(last_activity(p, now, call_timeout_s) + p.cls.lease_seconds)
-        times.extend(c.arrived_at + max_wait_s for c in p.waiting.values())
-        if not p.calls and p.pinned_until > now:
-            times.append(p.pinned_until)
-    return min(times) if times else None
+def expiry_check_time(program: Program, now: float, call_timeout_s: float) -> float:
+    """When the program's lease may run out or one of its calls may be lost, at the earliest."""
+    times = [last_activity(program, now, call_timeout_s) + program.cls.lease_seconds]
+    times.extend((c.started_at or c.arrived_at) + call_timeout_s for c in program.calls.values())
+    return min(times)

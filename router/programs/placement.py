@@ -26,23 +26,48 @@ def usable_engines(engines: Mapping[str, EngineCapacity], call: Call) -> list[st
 
 def extra_tokens(ledger: EngineLedger | None, program: Program, call: Call) -> int:
     """KV tokens the call's program would add to an engine (blocks already there count once)."""
-    ledger = ledger or EngineLedger("")
     tokens = max(program.context_tokens, call.prompt_tokens)
+    if ledger is None:
+        return tokens
     if program.key in ledger.members:
         return max(0, tokens - program.context_tokens)
-    return ledger.marginal_of(tokens, call.block_hashes or program.block_hashes, program.hash_block_size)
+    hashes = call.hash_set if call.block_hashes else frozenset(program.block_hashes)
+    return ledger.marginal_of(tokens, hashes, program.hash_block_size)
 
 
 def room_after(
     cap: EngineCapacity, ledger: EngineLedger | None, program: Program, call: Call, low_watermark: float
 ) -> int:
     """Tokens left under the low watermark once the call's program is there (< 0: no room)."""
-    ledger = ledger or EngineLedger("")
     extra = extra_tokens(ledger, program, call)
     limit = low_watermark * cap.total_tokens
-    if ledger.working_set == 0:
+    if ledger is None or ledger.working_set == 0:
         return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
     return int(limit - ledger.working_set - extra)
+
+
+def headroom(
+    engines: Mapping[str, EngineCapacity], ledgers: Mapping[str, EngineLedger], low_watermark: float,
+    reserved: Mapping[str, int],
+) -> float:
+    """The most tokens any engine could still take under the low watermark (infinite while an
+    engine is empty: a lone program always fits). A call needing more waits without a look."""
+    best = 0.0
+    for url, cap in engines.items():
+        if not cap.up or cap.total_blocks <= 0:
+            continue
+        ledger = ledgers.get(url)
+        if (ledger is None or ledger.working_set == 0) and not reserved.get(url):
+            return float("inf")
+        used = ledger.working_set if ledger is not None else 0
+        best = max(best, low_watermark * cap.total_tokens - used - reserved.get(url, 0))
+    return best
+
+
+def least_extra(program: Program, call: Call) -> int:
+    """Tokens the call adds at least anywhere (all of its blocks already there)."""
+    hashes = len(call.block_hashes) if call.block_hashes else len(program.block_hashes)
+    return max(program.context_tokens, call.prompt_tokens) - hashes * program.hash_block_size
 
 
 def reservation(

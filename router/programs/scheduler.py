@@ -15,12 +15,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from shoal.router.programs.accounting import EngineLedger
+from shoal.router.programs.accounting import KvAccounts
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.counters import ProgramView, SchedulerCounters
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
-from shoal.router.programs.leases import lease_expired, lost_calls, next_deadline
-from shoal.router.programs.placement import place, reservation
+from shoal.router.programs.leases import expiry_check_time, lease_expired, lost_calls
+from shoal.router.programs.placement import headroom, least_extra, place, reservation
 from shoal.router.programs.pressure import plan_relief
 from shoal.router.programs.retention import ANY_TOOL, RetentionPolicy, ToolDurations
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
@@ -69,6 +69,11 @@ class ProgramScheduler:
         self._programs: dict[tuple[str, str], Program] = {}
         self._call_owner: dict[str, tuple[str, str]] = {}
         self._engines: dict[str, EngineCapacity] = {}
+        self._kv = KvAccounts()
+        self._expiry_check_at = 0.0
+        """No lease runs out and no call is lost before this (activity only moves it later)."""
+        self._aging_at: float | None = None
+        """The first held call reaches the aging bound then (None: nothing held)."""
         self._seq = itertools.count()
         self.set_classes(classes)
 
@@ -87,6 +92,7 @@ class ProgramScheduler:
                 raise ValueError(f"program class {cls.name!r} is defined twice")
             loaded[cls.name] = cls
         self._classes = loaded
+        self._expiry_check_at = 0.0  # leases may have changed
 
     def resolve_class(self, name: str | None, model: str) -> ProgramClassConfig:
         """The named class, else the first class of ``model``, else a default class (no limit
@@ -127,15 +133,25 @@ class ProgramScheduler:
 
     def working_sets(self) -> dict[str, int]:
         """Engine -> KV tokens the programs hold there now."""
-        ledgers = self._ledgers(self.clock())
+        self._kv.expire(self._programs, self.clock())
+        ledgers = self._kv.ledgers
         return {url: ledgers[url].working_set if url in ledgers else 0 for url in {*self._engines, *ledgers}}
+
+    def audit_working_sets(self) -> dict[str, int]:
+        """The working sets recomputed from the program records (must equal ``working_sets``)."""
+        return self._kv.rebuilt(self._programs, self.clock())
 
     def engines(self) -> dict[str, EngineCapacity]:
         return dict(self._engines)
 
     def next_deadline(self) -> float | None:
-        """The earliest time a decision may come without an event (aging, lease, pin expiry)."""
-        return next_deadline(self._programs.values(), self.clock(), self.config.max_wait_s, self.call_timeout_s)
+        """The earliest time a decision may come without an event (aging, lease, pin expiry).
+
+        Cheap (no pass over the programs); it may be early, never late."""
+        self._kv.expire(self._programs, self.clock())
+        times = [t for t in (self._expiry_check_at, self._aging_at, self._kv.next_pin_end()) if t is not None]
+        finite = [t for t in times if t != float("inf")]
+        return min(finite) if finite else None
 
     # events ----------------------------------------------------------------------------------------
 
@@ -172,6 +188,7 @@ class ProgramScheduler:
                 f"prompt has {prompt_tokens} tokens; program class {program.cls.name!r} allows {limit}"
             )
         program.last_activity = now
+        self._expiry_check_at = min(self._expiry_check_at, now + min(self.call_timeout_s, program.cls.lease_seconds))
         if not program.calls and program.last_call_end is not None:
             tools = [t for t in (program.last_tools or tuple(previous_tools)) if t not in program.tools_reported]
             if tools or not program.tools_reported:
@@ -190,9 +207,11 @@ class ProgramScheduler:
         decisions: list[Decision] = []
         own: Admit | Wait | None = None
         if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
-            ledgers = self._ledgers(now)
-            engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, sticky=True)
-            own = self._admit(program, call, engines, chosen, now, ledgers, forced=False)
+            self._kv.expire(self._programs, now)
+            engines, chosen = place(
+                self._engines, self._kv.ledgers, program, call, self.config.low_watermark, sticky=True
+            )
+            own = self._admit(program, call, engines, chosen, now, forced=False)
         else:
             program.waiting[call.call_id] = call
         for decision in self._rebalance(now):
@@ -211,7 +230,9 @@ class ProgramScheduler:
             return []
         program.calls[call_id].engine = engine
         program.engine = engine
-        return self._rebalance(self.clock())
+        now = self.clock()
+        self._kv.sync(program, now)
+        return self._rebalance(now)
 
     def call_finished(
         self,
@@ -239,6 +260,7 @@ class ProgramScheduler:
             program.context_tokens = used if used > 0 else max(program.context_tokens, call.prompt_tokens)
         program.last_tools = tuple(tool_calls)
         decisions = self._call_ended(program, call, now)
+        self._kv.sync(program, now)
         return decisions + self._rebalance(now)
 
     def call_failed(self, call_id: str) -> list[Decision]:
@@ -258,6 +280,7 @@ class ProgramScheduler:
             call.retention_s = 0.0
             program.last_tools = ()
             out = self._call_ended(program, call, now)
+            self._kv.sync(program, now)
         if program.turns == 0 and not program.calls and not program.waiting:
             out += self._terminate(program, "abandoned", now)  # never ran a turn: holds no slot
         return out + self._rebalance(now)
@@ -315,17 +338,9 @@ class ProgramScheduler:
                 return [Unpin(program.program_id, program.tenant, engine)]
         return []
 
-    def _ledgers(self, now: float) -> dict[str, EngineLedger]:
-        ledgers: dict[str, EngineLedger] = {}
-        for program in self._programs.values():
-            if program.counts(now):
-                assert program.engine is not None
-                ledgers.setdefault(program.engine, EngineLedger(program.engine)).add(program)
-        return ledgers
-
     def _admit(
         self, program: Program, call: Call, engines: frozenset[str] | None, chosen: str | None, now: float,
-        ledgers: dict[str, EngineLedger], *, forced: bool,
+        *, forced: bool,
     ) -> Admit:
         resumed = program.lifecycle is Lifecycle.PAUSED
         if resumed and program.paused_at is not None:
@@ -335,8 +350,6 @@ class ProgramScheduler:
             self.counters.forced_admissions[program.cls.name] += 1
         self.counters.longest_wait_s = max(self.counters.longest_wait_s, now - call.arrived_at)
         program.waiting.pop(call.call_id, None)
-        if program.engine is not None and program.engine in ledgers:
-            ledgers[program.engine].remove(program)
         program.lifecycle = Lifecycle.ACTIVE
         program.paused_at = program.queued_at = None
         program.context_tokens = max(program.context_tokens, call.prompt_tokens)
@@ -344,11 +357,11 @@ class ProgramScheduler:
             program.block_hashes = call.block_hashes
         if chosen is not None:
             program.engine = chosen
-            ledgers.setdefault(chosen, EngineLedger(chosen)).add(program)
         call.started_at = now
         call.engine = chosen if engines is not None and len(engines) == 1 else None
         call.retention_s = self._retention_for(program)
         program.calls[call.call_id] = call
+        self._kv.sync(program, now)
         return Admit(
             call.call_id, program.program_id, program.tenant, engines, call.retention_s,
             program.cls.priority, resumed=resumed, forced=forced,
@@ -369,11 +382,13 @@ class ProgramScheduler:
         program.paused_at = now
         program.marked = False
         program.pinned_until = 0.0
+        self._kv.sync(program, now)
         self.counters.pauses[program.cls.name] += 1
         return Pause(program.program_id, program.tenant, engine)
 
     def _terminate(self, program: Program, reason: str, now: float) -> list[Decision]:
         del self._programs[program.key]
+        self._kv.forget(program)
         out: list[Decision] = []
         for call_id in [*program.calls, *program.waiting]:
             self._call_owner.pop(call_id, None)
@@ -390,13 +405,16 @@ class ProgramScheduler:
 
     def _rebalance(self, now: float) -> list[Decision]:
         decisions = self._expire(now)
-        ledgers = self._ledgers(now)
-        decisions += self._relieve_pressure(ledgers, now)
-        decisions += self._admit_waiting(ledgers, now)
+        self._kv.expire(self._programs, now)
+        decisions += self._relieve_pressure(now)
+        decisions += self._admit_waiting(now)
         return decisions
 
     def _expire(self, now: float) -> list[Decision]:
+        if now < self._expiry_check_at:
+            return []
         out: list[Decision] = []
+        next_check = float("inf")
         for program in list(self._programs.values()):
             for call_id in lost_calls(program, now, self.call_timeout_s):
                 call = program.calls.pop(call_id)
@@ -405,13 +423,17 @@ class ProgramScheduler:
                 program.last_activity = max(program.last_activity, timed_out_at)
                 if not program.calls and program.marked and program.engine is not None:
                     out.append(self._pause(program, program.engine, now))
+                self._kv.sync(program, now)
             if lease_expired(program, now, self.call_timeout_s):
                 out += self._terminate(program, "lease", now)
+            else:
+                next_check = min(next_check, expiry_check_time(program, now, self.call_timeout_s))
+        self._expiry_check_at = next_check
         return out
 
-    def _relieve_pressure(self, ledgers: dict[str, EngineLedger], now: float) -> list[Decision]:
+    def _relieve_pressure(self, now: float) -> list[Decision]:
         out: list[Decision] = []
-        for url, ledger in ledgers.items():
+        for url, ledger in self._kv.ledgers.items():
             cap = self._engines.get(url)
             if cap is None or cap.total_blocks <= 0:
                 continue
@@ -422,7 +444,8 @@ class ProgramScheduler:
             out.extend(self._pause(program, url, now) for program in relief.pause)
         return out
 
-    def _admit_waiting(self, ledgers: dict[str, EngineLedger], now: float) -> list[Decision]:
+    def _admit_waiting(self, now: float) -> list[Decision]:
+        ledgers = self._kv.ledgers
         waiting = sorted(
             ((p, c) for p in self._programs.values() for c in p.waiting.values()),
             key=lambda pc: (-pc[0].cls.priority, pc[1].arrived_at, pc[1].seq),
@@ -434,6 +457,7 @@ class ProgramScheduler:
         out: list[Decision] = []
         still_waiting: list[Program] = []
         reserved: dict[str, int] = {}  # room held for the first blocked call per engine: no starvation
+        room: float | None = None  # headroom(), recomputed after anything that changes it
         for program, call in waiting:
             if call.call_id not in program.waiting:
                 continue
@@ -448,18 +472,29 @@ class ProgramScheduler:
                 if not slots_free and not forced:
                     still_waiting.append(program)
                     continue
-                engines, chosen = place(
-                    self._engines, ledgers, program, call, self.config.low_watermark, force=forced, reserved=reserved
-                )
+                if room is None:
+                    room = headroom(self._engines, ledgers, self.config.low_watermark, reserved)
+                if not forced and self._engines and least_extra(program, call) >= room + 1:
+                    engines, chosen = frozenset(), None  # cannot fit anywhere: no need to look
+                else:
+                    engines, chosen = place(
+                        self._engines, ledgers, program, call, self.config.low_watermark, force=forced,
+                        reserved=reserved,
+                    )
                 if engines is not None and not engines:
                     still_waiting.append(program)
-                    hold = reservation(self._engines, ledgers, program, call)
-                    if hold is not None and hold[0] not in reserved:
-                        reserved[hold[0]] = hold[1]
+                    if len(reserved) < len(self._engines):
+                        hold = reservation(self._engines, ledgers, program, call)
+                        if hold is not None and hold[0] not in reserved:
+                            reserved[hold[0]] = hold[1]
+                            room = None
                     continue
                 active_by_class[program.cls.name] = active_by_class.get(program.cls.name, 0) + 1
             program.marked = False
-            out.append(self._admit(program, call, engines, chosen, now, ledgers, forced=forced))
+            out.append(self._admit(program, call, engines, chosen, now, forced=forced))
+            room = None
+        held = [c.arrived_at for p in still_waiting for c in p.waiting.values()]
+        self._aging_at = min(held) + self.config.max_wait_s if held else None
         depth = self.config.prewarm_queue_depth
         for program in {p.key: p for p in still_waiting}.values():
             if depth <= 0:

@@ -69,6 +69,11 @@ class Call:
     """When it was admitted (None while it waits)."""
     engine: str | None = None
     retention_s: float = 0.0
+    hash_set: frozenset[int] = field(init=False)
+    """``block_hashes`` as a set (placement intersects it with every engine's blocks)."""
+
+    def __post_init__(self) -> None:
+        self.hash_set = frozenset(self.block_hashes)
 
 
 @dataclass
