@@ -58,7 +58,9 @@ _MOUNT_SCRIPT = (
 """Inside the call's mount namespace, as root: the sandbox directory over each shared writable
 place, then an empty tmpfs over each hidden path, then the tool chain."""
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-_DEFAULT_LIMITS = SandboxResources(max_processes=256, max_open_files=1024, max_file_bytes=1 << 30)
+_DEFAULT_LIMITS = SandboxResources(
+    memory_bytes=8 << 30, max_processes=256, max_open_files=1024, max_file_bytes=1 << 30
+)
 """Applied where a class leaves a limit unset: every limit has a number."""
 
 
@@ -275,7 +277,7 @@ class LocalBackend:
 
         limits = {
             "--cpu": res.cpu_seconds,
-            "--as": res.memory_bytes,
+            "--as": pick(res.memory_bytes, _DEFAULT_LIMITS.memory_bytes),
             "--nproc": pick(res.max_processes, _DEFAULT_LIMITS.max_processes),
             "--nofile": pick(res.max_open_files, _DEFAULT_LIMITS.max_open_files),
             "--fsize": pick(res.max_file_bytes, _DEFAULT_LIMITS.max_file_bytes),

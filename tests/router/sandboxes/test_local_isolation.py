@@ -232,3 +232,12 @@ def test_uids_of_host_users_are_never_given_to_a_sandbox(tmp_path: Path) -> None
     settings = SandboxSettings(state_dir=str(tmp_path), router_id="uids", uid_base=taken, uid_count=2)
     backend = LocalBackend(settings, Isolation(root=True, network_namespace=True, mount_namespace=True))
     assert backend._claim_uid("sb-x") == taken + 1  # nobody's uid is skipped
+
+
+def test_every_rlimit_has_a_number() -> None:
+    from shoal.router.sandboxes.spec import SandboxResources
+
+    defaults = LocalBackend._rlimits(SandboxResources())
+    assert defaults == [f"--as={8 << 30}", "--nproc=256", "--nofile=1024", f"--fsize={1 << 30}"]
+    chosen = LocalBackend._rlimits(SandboxResources(cpu_seconds=3, memory_bytes=1 << 28, max_processes=8))
+    assert chosen == ["--cpu=3", f"--as={1 << 28}", "--nproc=8", "--nofile=1024", f"--fsize={1 << 30}"]
