@@ -98,29 +98,53 @@ def test_openapi_operations_never_answer_a_server_error(fake_server: tuple[str, 
 
 _ANY_INT = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([-1, 0, 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64]))
 _ANY_FLOAT = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.floats(-3, 3), st.sampled_from([0.0, 1.0]))
-_SAMPLING = st.fixed_dictionaries(
-    {"max_tokens": st.integers(1, 4)},
-    optional={
-        "n": st.integers(-1, 4),
-        "temperature": _ANY_FLOAT,
-        "top_p": _ANY_FLOAT,
-        "top_k": _ANY_INT,
-        "min_p": _ANY_FLOAT,
-        "presence_penalty": _ANY_FLOAT,
-        "frequency_penalty": _ANY_FLOAT,
-        "repetition_penalty": _ANY_FLOAT,
-        "seed": _ANY_INT,
-        "min_tokens": st.integers(-2, 6),
-        "stop_token_ids": st.lists(_ANY_INT, max_size=3),
-        "stop": st.lists(st.text(max_size=4), max_size=3),
-        "ignore_eos": st.booleans(),
-        "logprobs": st.booleans(),
-        "top_logprobs": st.integers(-1, 25),
-        "stream": st.booleans(),
-        "priority": _ANY_INT,
-        "program_id": st.sampled_from(["p1", "tenant/p:2", "bad id"]),
-        "program_retention_s": _ANY_FLOAT,
-    },
+# Values the API accepts but a naive engine cannot represent (the class of issue 11's poison bodies).
+_EDGE_TOP_K = st.one_of(st.integers(-1, 100), st.sampled_from([2**31, 2**63 - 1, 2**63, 2**64, 10**30]))
+_EDGE_SEED = st.one_of(st.integers(-(2**63), 2**64 - 1), st.sampled_from([-(2**63), 0, 2**63, 2**64 - 1]))
+_EDGE_TOKEN = st.one_of(st.integers(0, 50_000), st.sampled_from([49_151, 49_152, 99_999_999, 2**63]))
+_IN_RANGE = {
+    "n": st.integers(1, 3),
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0.01, 1),
+    "top_k": _EDGE_TOP_K,
+    "min_p": st.floats(0, 1),
+    "presence_penalty": st.floats(-2, 2),
+    "frequency_penalty": st.floats(-2, 2),
+    "repetition_penalty": st.floats(0.01, 10),
+    "seed": _EDGE_SEED,
+    "min_tokens": st.integers(0, 4),
+    "stop_token_ids": st.lists(_EDGE_TOKEN, max_size=3),
+    "stop": st.lists(st.text(min_size=1, max_size=4), max_size=3),
+    "ignore_eos": st.booleans(),
+    "logprobs": st.booleans(),
+    "top_logprobs": st.integers(0, 20),
+    "stream": st.booleans(),
+    "priority": st.integers(-(2**31), 2**31 - 1),
+    "program_id": st.sampled_from(["p1", "tenant/p:2"]),
+    "program_retention_s": st.floats(0, 7 * 86400),
+}
+_ANYTHING = {
+    **_IN_RANGE,
+    "n": st.integers(-1, 4),
+    "temperature": _ANY_FLOAT,
+    "top_p": _ANY_FLOAT,
+    "top_k": _ANY_INT,
+    "min_p": _ANY_FLOAT,
+    "repetition_penalty": _ANY_FLOAT,
+    "seed": _ANY_INT,
+    "min_tokens": st.integers(-2, 6),
+    "stop_token_ids": st.lists(_ANY_INT, max_size=3),
+    "stop": st.lists(st.text(max_size=4), max_size=3),
+    "top_logprobs": st.integers(-1, 25),
+    "priority": _ANY_INT,
+    "program_id": st.sampled_from(["p1", "bad id"]),
+    "program_retention_s": _ANY_FLOAT,
+}
+# Mostly in range (so requests reach the sampler and the step), sometimes anything at all.
+_SAMPLING = st.one_of(
+    st.fixed_dictionaries({"max_tokens": st.integers(1, 4)}, optional=_IN_RANGE),
+    st.fixed_dictionaries({"max_tokens": st.integers(1, 4)}, optional=_IN_RANGE),
+    st.fixed_dictionaries({"max_tokens": st.integers(-1, 4)}, optional=_ANYTHING),
 )
 
 
