@@ -6,8 +6,9 @@ policy so no cache carries over. C clients play programs in a closed loop: a sha
 system prompt, a task, then calls whose prompt is the whole conversation, separated by
 real tool sleeps (lognormal). ``shoal`` sends ``program_id`` and releases each program
 at its end (the router's program scheduler admits, pauses, resumes and pins);
-``prefix+load`` sends the same calls without a program (no admission). Program ``i`` is
-the same for both (seeded by its index).
+``prefix+load`` sends the same calls without a program (no admission); ``TA as coded``
+runs the simulator's ThunderAgent policy as the proxy (``real_harness.py``) straight to the
+engines. Program ``i`` is the same for every policy (seeded by its index).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ from typing import Any
 
 import httpx
 
+from bench.sim_programs.engine import EngineSpec
+from bench.sim_programs.policies.thunderagent import ThunderAgent
+from bench.sim_programs.real_harness import RealHarness
+
 MODEL = "bundled:smollm2-135m-instruct"
 SERVED = "smollm2"
 WORDS = ("file", "test", "error", "function", "module", "import", "value", "return", "class", "patch", "line",
          "assert", "config", "build", "output", "trace", "repo", "branch", "commit", "diff", "parser", "token",
          "buffer", "cache", "socket", "thread", "queue", "method", "object", "string")
-POLICIES = ("prefix+load", "shoal")
+POLICIES = ("prefix+load", "TA as coded", "shoal")
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class RealStats:
     cached_tokens: int = 0
     errors: int = 0
     completions: list[float] = field(default_factory=list)
+    pauses: list[float] = field(default_factory=list)
     window_s: float = 0.0
 
     @property
@@ -130,8 +136,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s:
 
 
 @contextmanager
-def servers(params: RealParams, workdir: Path) -> Iterator[str]:
-    """2 engines + 1 router as processes on 127.0.0.1; yields the router's URL."""
+def servers(params: RealParams, workdir: Path) -> Iterator[tuple[str, list[str]]]:
+    """2 engines + 1 router as processes on 127.0.0.1; yields the router's and the engines' URLs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -163,7 +169,7 @@ def servers(params: RealParams, workdir: Path) -> Iterator[str]:
                 stdout=out, stderr=subprocess.STDOUT, env=env))
         router = f"http://127.0.0.1:{port}"
         _wait_healthy(router, procs[-1], log)
-        yield router
+        yield router, [u for u, _, _ in urls]
     finally:
         for proc in procs:
             proc.terminate()
@@ -175,7 +181,7 @@ def servers(params: RealParams, workdir: Path) -> Iterator[str]:
 
 
 async def _client(url: str, policy: str, params: RealParams, counter: Iterator[int], start: float,
-                  stats: RealStats) -> None:
+                  stats: RealStats, harness: RealHarness | None) -> None:
     end = start + params.duration_s
     system = system_prompt(params)
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -191,12 +197,19 @@ async def _client(url: str, policy: str, params: RealParams, counter: Iterator[i
                                         "temperature": 0, "ignore_eos": True}
                 if policy == "shoal":
                     body["program_id"] = program_id
-                resp = await http.post("/v1/chat/completions", json=body)
+                if harness is not None:
+                    try:
+                        data = await harness.call(index, turn, body)
+                    except httpx.HTTPError:
+                        stats.errors += 1
+                        break
+                else:
+                    resp = await http.post("/v1/chat/completions", json=body)
+                    if resp.status_code != 200:
+                        stats.errors += 1
+                        break
+                    data = resp.json()
                 now = time.monotonic()
-                if resp.status_code != 200:
-                    stats.errors += 1
-                    break
-                data = resp.json()
                 if start + params.warmup_s <= now <= end:
                     usage = data["usage"]
                     stats.steps += 1
@@ -213,6 +226,8 @@ async def _client(url: str, policy: str, params: RealParams, counter: Iterator[i
                     stats.completions.append(time.monotonic() - begun)
             if policy == "shoal":
                 await http.post(f"/v1/programs/{program_id}/release")
+            elif harness is not None:
+                harness.release(index)
 
 
 def run_policy(policy: str, params: RealParams) -> RealStats:
@@ -220,13 +235,24 @@ def run_policy(policy: str, params: RealParams) -> RealStats:
     if policy not in POLICIES:
         raise ValueError(f"unknown real-engine policy {policy!r}; choose from {', '.join(POLICIES)}")
     stats = RealStats(policy)
-    with tempfile.TemporaryDirectory(prefix="shoal-programs-real-") as tmp, servers(params, Path(tmp)) as url:
+    with tempfile.TemporaryDirectory(prefix="shoal-programs-real-") as tmp, servers(params, Path(tmp)) as (url, engines):
 
         async def main() -> None:
             counter = itertools.count()
+            harness = None
+            if policy == "TA as coded":
+                harness = RealHarness(ThunderAgent(intended=False), engines, EngineSpec(num_blocks=params.kv_blocks), 0)
+            timer = asyncio.create_task(harness.run_timer()) if harness else None
             start = time.monotonic()
-            await asyncio.gather(*(_client(url, policy, params, counter, start, stats)
-                                   for _ in range(params.concurrency)))
+            try:
+                await asyncio.gather(*(_client(url, policy, params, counter, start, stats, harness)
+                                       for _ in range(params.concurrency)))
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if harness is not None:
+                    stats.pauses = list(harness.pauses)
+                    await harness.close()
 
         asyncio.run(main())
     stats.window_s = params.duration_s - params.warmup_s
