@@ -31,6 +31,8 @@ class EngineLedger:
         """Block hashes over all members, duplicates included."""
         self._tokens = 0
         self._block_size = 0
+        self.version = 0
+        """Bumped on every change: lets callers reuse what they computed against this ledger."""
 
     @property
     def working_set(self) -> int:
@@ -42,6 +44,7 @@ class EngineLedger:
         if program.key in self.members:
             return
         hashes = program.block_hashes
+        self.version += 1
         self.members[program.key] = program
         self._entries[program.key] = (program.context_tokens, hashes)
         self._tokens += program.context_tokens
@@ -54,6 +57,7 @@ class EngineLedger:
         if self.members.pop(program.key, None) is None:
             return
         tokens, hashes = self._entries.pop(program.key)
+        self.version += 1
         self._tokens -= tokens
         refs = self._hash_refs
         for h in hashes:

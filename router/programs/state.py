@@ -71,6 +71,8 @@ class Call:
     retention_s: float = 0.0
     hash_set: frozenset[int] = field(init=False)
     """``block_hashes`` as a set (placement intersects it with every engine's blocks)."""
+    extra_seen: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """engine -> (ledger version, tokens, KV tokens the call would add there): placement's memo."""
 
     def __post_init__(self) -> None:
         self.hash_set = frozenset(self.block_hashes)
