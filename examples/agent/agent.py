@@ -86,7 +86,7 @@ class ToolApi:
 
 
 def run_agent(base_url: str, api_key: str, program_file: Path, task: str, max_turns: int,
-              program_id: str | None = None) -> str:  # fmt: skip
+              program_id: str | None = None, max_tokens: int = 512) -> str:  # fmt: skip
     """Run the loop; returns the model's final answer."""
     class_name, model, tools = load_program(program_file)
     program_id = program_id or f"agent-{uuid.uuid4().hex[:12]}"
@@ -97,7 +97,7 @@ def run_agent(base_url: str, api_key: str, program_file: Path, task: str, max_tu
         api.check_class(class_name)
         for turn in range(1, max_turns + 1):
             reply = llm.chat.completions.create(
-                model=model, messages=messages, tools=tools, temperature=0,  # type: ignore[arg-type]
+                model=model, messages=messages, tools=tools, temperature=0, max_tokens=max_tokens,  # type: ignore[arg-type]
                 extra_body={"program_id": program_id, "program_class": class_name},
             ).choices[0].message
             messages.append(reply.model_dump(exclude_none=True, exclude_unset=True))
@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the AgentProgram manifest (class, model, tools)")  # fmt: skip
     parser.add_argument("--program-id", default=None, help="default: a new random id")
     parser.add_argument("--max-turns", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=512, help="per model reply")
     args = parser.parse_args(argv)
     try:
-        run_agent(args.base_url, args.api_key, args.program, args.task, args.max_turns, args.program_id)
+        run_agent(args.base_url, args.api_key, args.program, args.task, args.max_turns, args.program_id,
+                  args.max_tokens)
     except AgentError as exc:
         print(f"agent: {exc}", file=sys.stderr)
         return 1
