@@ -9,7 +9,7 @@ string), so they stay identical to transformers' ``apply_chat_template``. Torch-
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 _SENTINEL = "\ue000shoal-content-{}\ue001"
@@ -24,13 +24,20 @@ def encode_chat_messages(
     encode: Encode,
     encode_as_text: Encode,
     special_tokens: Iterable[str],
+    tools: Any = None,
 ) -> list[int]:
     """Render ``messages`` and encode them; special-token text inside message contents stays text.
 
     ``render`` turns the messages into the prompt string (the chat template); ``encode``
-    parses special tokens, ``encode_as_text`` does not.
+    parses special tokens, ``encode_as_text`` does not. Other client strings the template
+    renders (names, tool-call arguments, ``tools``) may not hold special-token text at all
+    (ValueError): the template embeds them in its own text, where they cannot be told apart.
     """
     specials = [s for s in special_tokens if s]
+    others = [{k: v for k, v in m.items() if k != "content"} for m in messages]
+    forged = next((s for text in _strings([others, tools]) for s in specials if s in text), None)
+    if forged is not None:
+        raise ValueError(f"special token text {forged!r} is only allowed in message content")
     contents = [m.get("content") for m in messages]
     if not any(isinstance(c, str) and any(s in c for s in specials) for c in contents):
         return encode(render([dict(m) for m in messages]))
@@ -61,3 +68,16 @@ def encode_chat_messages(
     if pos < len(rendered):
         ids.extend(encode(rendered[pos:]))
     return ids
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string (keys included) inside nested lists and mappings."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)

@@ -321,6 +321,7 @@ class Tokenizer:
             lambda text: self.encode(text, add_special_tokens=False),
             self.encode_as_text,
             self.special_token_strings,
+            tools,
         )
 
     # internals ------------------------------------------------------------------------------------
