@@ -42,7 +42,7 @@ def _json(model: Any) -> Response:
 def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMetrics | None = None) -> FastAPI:
     """The app serving ``engine``; ``app.state.ctx`` is its :class:`ServingContext`."""
     if metrics is None:
-        metrics = ServerMetrics(settings.served_model_name, lambda: engine.stats, lambda: (engine.steps, engine.busy_s))
+        metrics = ServerMetrics(settings.served_model_name, lambda: engine.stats, lambda: (engine.steps, engine.busy_s, engine.failed_steps))
     if engine.observer_factory is None:
         engine.observer_factory = metrics.observer
     ctx = ServingContext(engine=engine, settings=settings, metrics=metrics)

@@ -38,6 +38,9 @@ from shoal.engine.server.errors import RequestFailedError
 
 logger = logging.getLogger("shoal.engine.server")
 T = TypeVar("T")
+MAX_CONSECUTIVE_STEP_FAILURES = 8
+"""Steps failing in a row, none succeeding in between, mean the engine itself is broken (e.g. a
+lost GPU context), not one bad request: the engine is then declared dead (/health 503)."""
 
 
 class EngineDeadError(RuntimeError):
@@ -145,6 +148,9 @@ class AsyncEngine:
         """Engine steps run so far."""
         self.busy_s = 0.0
         """Seconds spent inside ``step()`` (the rest of the thread's time is waiting or inbox work)."""
+        self.failed_steps = 0
+        """Steps that raised (their requests failed; the engine went on)."""
+        self._failures_in_a_row = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -341,6 +347,7 @@ class AsyncEngine:
                     try:
                         outputs = engine.step()
                     except StepFailedError as exc:
+                        self._count_failure(exc)
                         self._post(self._fail_requests, exc.request_ids, RequestFailedError(exc.cause))
                         self.stats = engine.stats()
                         busy = engine.has_unfinished_requests()
@@ -349,9 +356,11 @@ class AsyncEngine:
                         # A step failed without saying which requests it held: fail them all,
                         # then wait for the aborts the event loop sends back before stepping again.
                         logger.exception("engine step failed; failing every request in flight")
+                        self._count_failure(exc)
                         self._post(self._fail_requests, None, RequestFailedError(exc))
                         busy = False
                         continue
+                    self._failures_in_a_row = 0
                     now = time.monotonic()
                     self.busy_s += time.perf_counter() - start
                     self.steps += 1
@@ -365,6 +374,13 @@ class AsyncEngine:
             logger.exception("engine loop failed; the server is unhealthy")
             self._dead = exc
             self._post(self._fail_all, EngineDeadError(f"the engine stopped: {exc!r}"))
+
+
+    def _count_failure(self, exc: Exception) -> None:
+        self.failed_steps += 1
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= MAX_CONSECUTIVE_STEP_FAILURES:
+            raise RuntimeError(f"{self._failures_in_a_row} engine steps failed in a row") from exc
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

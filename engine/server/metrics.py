@@ -18,6 +18,9 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+LoopStats = tuple[int, float, int]
+"""(steps run, seconds busy in step(), steps that failed)."""
+
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                  20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
 _ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
@@ -29,7 +32,7 @@ _REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 class _EngineStatsCollector(Collector):
     """Gauges and counters computed from the engine's latest stats snapshot."""
 
-    def __init__(self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], tuple[int, float]]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], LoopStats]) -> None:
         self._model = model_name
         self._stats = stats
         self._loop_stats = loop_stats
@@ -69,8 +72,9 @@ class _EngineStatsCollector(Collector):
         yield gauge("shoal:kv_blocks_cached", "Free KV blocks that still hold a reusable prefix.",
                     getattr(s, "num_cached_blocks", 0))  # fmt: skip
         yield gauge("shoal:kv_block_size", "Tokens per KV block.", s.block_size)
-        steps, busy_s = self._loop_stats()
+        steps, busy_s, failed = self._loop_stats()
         yield counter("shoal:engine_steps", "Engine steps run.", steps)
+        yield counter("shoal:engine_failed_steps", "Engine steps that raised (their requests failed).", failed)
         yield counter("shoal:engine_busy_seconds", "Seconds the engine thread spent in step().", busy_s)
 
 
@@ -98,7 +102,7 @@ class ServerMetrics:
     """The server's registry; ``render()`` is the /metrics body."""
 
     def __init__(
-        self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
+        self, model_name: str, stats: Callable[[], Any], loop_stats: Callable[[], LoopStats] = lambda: (0, 0.0, 0)
     ) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)

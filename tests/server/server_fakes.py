@@ -116,6 +116,7 @@ class FakeEngine:
         self.added: list[tuple[str, SamplingParams, dict[str, Any]]] = []
         self.aborted: list[str] = []
         self.fail_next_step: Exception | None = None
+        self.fail_every_step: Exception | None = None
 
     # -------------------------------------------------------------- interface
 
@@ -176,6 +177,8 @@ class FakeEngine:
         if self.fail_next_step is not None:
             exc, self.fail_next_step = self.fail_next_step, None
             raise exc
+        if self.fail_every_step is not None:
+            raise self.fail_every_step
         now = time.monotonic()
         while self.waiting and len(self.running) < self.max_num_seqs:
             req = self.waiting.pop(0)

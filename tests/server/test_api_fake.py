@@ -237,6 +237,7 @@ async def test_failed_step_fails_its_requests_and_the_engine_goes_on(make_client
     r = await post(client, "/v1/completions", {"prompt": "x", "max_tokens": 3})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
     assert not engine.has_unfinished_requests()
+    assert "shoal:engine_failed_steps_total" in (await client.get("/metrics")).text
 
 
 async def test_failed_step_ends_a_stream_with_an_error_event(make_client: Any) -> None:
@@ -275,3 +276,19 @@ async def test_openapi_describes_the_request_bodies(make_client: Any) -> None:
     chat = doc["components"]["schemas"]["ChatCompletionRequest"]
     assert "messages" in chat["required"] and "top_k" in chat["properties"]
     assert "CompletionRequest" in doc["components"]["schemas"]
+
+
+async def test_an_engine_whose_every_step_fails_turns_unhealthy(make_client: Any) -> None:
+    from shoal.engine.server.async_engine import MAX_CONSECUTIVE_STEP_FAILURES
+
+    engine = FakeEngine()
+    client, _, _ = await make_client(engine)
+    engine.fail_every_step = RuntimeError("lost the device")
+    for _ in range(MAX_CONSECUTIVE_STEP_FAILURES - 1):
+        assert (await post(client, "/v1/completions", {"prompt": "x", "max_tokens": 2})).status_code == 500
+        assert (await client.get("/health")).status_code == 200  # isolated failures: still serving
+    r = await post(client, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert r.status_code in (500, 503)
+    assert (await client.get("/health")).status_code == 503
+    r = await post(client, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
