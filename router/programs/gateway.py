@@ -176,7 +176,7 @@ class ProgramGateway:
             decision, others = self.scheduler.call_started(
                 program_id, tenant, cls,
                 candidates=candidates,
-                prompt_tokens=digest.num_tokens if digest else len(parsed.prompt_text) // 4,
+                prompt_tokens=digest.num_tokens if digest else len(parsed.prompt_text()) // 4,
                 block_hashes=digest.block_hashes if digest else (),
                 block_size=pool.hasher.block_size,
                 previous_tools=_previous_tools(parsed.body),
@@ -246,12 +246,15 @@ class ProgramGateway:
             # The aging bound admits every call by max_wait_s; the margin covers one timer round.
             async with asyncio.timeout(self.cfg.max_wait_s + 2 * self.cfg.tick_s + 1.0):
                 result = await asyncio.shield(fut)
-        except BaseException:
+        except BaseException as exc:
             self._waiters.pop(wait.call_id, None)
             if fut.done() and not fut.cancelled() and isinstance(fut.result(), Admit):
                 self._apply(self.scheduler.call_failed(wait.call_id))  # admitted as the client left
             else:
                 self._apply(self.scheduler.cancel(wait.call_id))
+            if isinstance(exc, TimeoutError):  # the timer is stuck: say so rather than hang
+                raise RouterError(503, "the program's call was held past the aging bound", "server_error",
+                                  "program_held") from None
             raise
         self._waiters.pop(wait.call_id, None)
         if isinstance(result, Reject):
