@@ -49,6 +49,13 @@ class ProgramClassConfig(StrictModel):
     """Tools the programs may run through ``POST /v1/programs/{id}/tools/{name}``."""
     owner: OwnerRef | None = None
     """Kubernetes owner of the sandboxes (set by the operator)."""
+    tenants: list[str] | None = None
+    """API key names (tenants) that may run programs of this class; None: every tenant.
+    Others naming it get 403, and it is never their model's default class (a class's
+    priority is only for the tenants it is meant for)."""
+
+    def allows(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
 
     @model_validator(mode="after")
     def _tools(self) -> ProgramClassConfig:

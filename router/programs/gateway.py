@@ -28,7 +28,13 @@ from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
 from shoal.router.programs.metrics import ProgramMetrics
 from shoal.router.programs.response import ResponseObserver
-from shoal.router.programs.scheduler import ContextTooLong, ProgramNotFound, ProgramScheduler, UnknownClass
+from shoal.router.programs.scheduler import (
+    ClassForbidden,
+    ContextTooLong,
+    ProgramNotFound,
+    ProgramScheduler,
+    UnknownClass,
+)
 from shoal.router.programs.state import EngineCapacity
 from shoal.router.tenancy import PRIORITY_HEADER, TENANT_HEADER
 from shoal.router.tokenization import PromptDigest
@@ -169,7 +175,7 @@ class ProgramGateway:
             return None
         if not PROGRAM_ID.match(program_id):
             raise bad_request("program_id must be 1-256 characters of [A-Za-z0-9._:/-]", "program_id")
-        cls = self._class_of(parsed, headers)
+        cls = self._class_of(parsed, headers, tenant)
         self._refresh_engines()
         candidates = [c.url for c in pool.endpoints.candidates() if c.healthy]
         try:
@@ -227,7 +233,7 @@ class ProgramGateway:
 
     # internals ---------------------------------------------------------------------------------
 
-    def _class_of(self, parsed: ParsedRequest, headers: Mapping[str, str]) -> ProgramClassConfig:
+    def _class_of(self, parsed: ParsedRequest, headers: Mapping[str, str], tenant: str) -> ProgramClassConfig:
         extra = parsed.body.get("extra_body")
         name: Any = headers.get(CLASS_HEADER) or parsed.body.get("program_class")
         if name is None and isinstance(extra, dict):
@@ -235,9 +241,11 @@ class ProgramGateway:
         if name is not None and (not isinstance(name, str) or not name):
             raise bad_request("'program_class' must be a non-empty string", "program_class")
         try:
-            return self.scheduler.resolve_class(name, parsed.model)
+            return self.scheduler.resolve_class(name, parsed.model, tenant)
         except UnknownClass as exc:
             raise bad_request(str(exc), "program_class") from None
+        except ClassForbidden as exc:
+            raise RouterError(403, str(exc), "permission_error", "program_class_forbidden", "program_class") from None
 
     async def _wait(self, wait: Wait) -> Admit:
         fut: asyncio.Future[Admit | Reject] = asyncio.get_running_loop().create_future()

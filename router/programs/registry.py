@@ -27,6 +27,10 @@ class UnknownClass(ValueError):
     """A request names a program class that is not loaded."""
 
 
+class ClassForbidden(PermissionError):
+    """A request names a program class that its tenant may not use."""
+
+
 class ContextTooLong(ValueError):
     """A call's prompt exceeds its class's ``max_context_tokens``."""
 
@@ -84,16 +88,19 @@ class ProgramRegistry:
         self._classes = loaded
         self._expiry_check_at = 0.0  # leases may have changed
 
-    def resolve_class(self, name: str | None, model: str) -> ProgramClassConfig:
-        """The named class, else the first class of ``model``, else a default class (no limit
-        on concurrent programs, default priority and lease). Raises UnknownClass."""
+    def resolve_class(self, name: str | None, model: str, tenant: str | None = None) -> ProgramClassConfig:
+        """The named class, else the first class of ``model`` open to ``tenant``, else a
+        default class (no limit on concurrent programs, default priority and lease).
+        Raises UnknownClass, or ClassForbidden for a class closed to ``tenant``."""
         if name is not None:
             cls = self._classes.get(name)
             if cls is None:
                 raise UnknownClass(f"program class {name!r} is not loaded")
+            if tenant is not None and not cls.allows(tenant):
+                raise ClassForbidden(f"program class {name!r} is not available to this API key")
             return cls
         for cls in self._classes.values():
-            if cls.model == model:
+            if cls.model == model and (tenant is None or cls.allows(tenant)):
                 return cls
         return ProgramClassConfig(name=DEFAULT_CLASS, model=model, max_concurrent_programs=_DEFAULT_CLASS_LIMIT)
 

@@ -19,11 +19,17 @@ from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Rej
 from shoal.router.programs.leases import expiry_check_time, lease_expired, lost_calls
 from shoal.router.programs.placement import headroom, least_extra, place, reservation
 from shoal.router.programs.pressure import plan_relief
-from shoal.router.programs.registry import ContextTooLong, ProgramNotFound, ProgramRegistry, UnknownClass
+from shoal.router.programs.registry import (
+    ClassForbidden,
+    ContextTooLong,
+    ProgramNotFound,
+    ProgramRegistry,
+    UnknownClass,
+)
 from shoal.router.programs.retention import ANY_TOOL
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
 
-__all__ = ["ContextTooLong", "ProgramNotFound", "ProgramScheduler", "UnknownClass"]
+__all__ = ["ClassForbidden", "ContextTooLong", "ProgramNotFound", "ProgramScheduler", "UnknownClass"]
 
 
 class ProgramScheduler(ProgramRegistry):

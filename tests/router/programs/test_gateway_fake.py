@@ -124,6 +124,17 @@ async def test_requests_without_a_program_id_are_untouched(one: Harness) -> None
         assert (await c.get("/v1/programs")).json()["data"] == []
 
 
+async def test_a_class_closed_to_the_key_is_403(tmp_path: Path) -> None:
+    programs = {"classes": [{"name": "vip", "model": "tiny", "priority": 99, "tenants": ["alice"]}]}
+    async with Harness(tmp_path, [ProgramEngine("e0")], programs) as h, httpx.AsyncClient(base_url=h.url) as c:
+        r = await c.post("/v1/chat/completions", json=chat("b1", program_class="vip"), headers=BOB)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "program_class_forbidden"
+        assert (await c.post("/v1/chat/completions", json=chat("b2"), headers=BOB)).status_code == 200
+        assert h.engines[0].headers_seen[-1]["x-shoal-priority"] == "50"  # the default class, not vip's 99
+        assert (await c.post("/v1/chat/completions", json=chat("a1"), headers=ALICE)).status_code == 200
+        assert h.engines[0].headers_seen[-1]["x-shoal-priority"] == "99"
+
+
 async def test_bad_program_inputs_are_400(one: Harness) -> None:
     async with httpx.AsyncClient(base_url=one.url, headers=ALICE) as c:
         r = await c.post("/v1/chat/completions", json=chat("p", program_class="nope"))

@@ -6,7 +6,7 @@ import pytest
 from sched_helpers import admits, finish, klass, make, start
 
 from shoal.router.programs.decisions import Admit, Prewarm, Reject, Terminate, Wait
-from shoal.router.programs.scheduler import ContextTooLong, ProgramNotFound, UnknownClass
+from shoal.router.programs.scheduler import ClassForbidden, ContextTooLong, ProgramNotFound, UnknownClass
 
 
 def test_aging_bound_admits_a_call_that_waited_max_wait_s() -> None:
@@ -232,3 +232,12 @@ def test_a_program_whose_only_calls_failed_or_left_holds_no_slot() -> None:
     sched.call_failed(call_id)  # its first call failed upstream: no turn, no slot kept
     again, _ = start(sched, "next", 100)
     assert isinstance(again, Admit)
+
+
+def test_a_class_closed_to_a_tenant_is_neither_named_nor_defaulted() -> None:
+    sched, _ = make([klass("vip", priority=95, tenants=["alice"]), klass("standard", priority=40)])
+    assert sched.resolve_class("vip", "m", "alice").name == "vip"
+    with pytest.raises(ClassForbidden):
+        sched.resolve_class("vip", "m", "mallory")
+    assert sched.resolve_class(None, "m", "alice").name == "vip"
+    assert sched.resolve_class(None, "m", "mallory").name == "standard"  # not the model's first class
