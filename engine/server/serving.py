@@ -35,8 +35,6 @@ from shoal.engine.server.responses import PromptTokensDetails, Usage
 
 T = TypeVar("T")
 SSE_DONE = b"data: [DONE]\n\n"
-
-
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 
 
