@@ -133,6 +133,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
 
     @app.get("/shoal/kv/capacity")
     async def kv_capacity() -> JSONResponse:
+        """The KV pool in blocks (the numbers of the shoal:* gauges, as of the last step); admin."""
         s = engine.stats
         return JSONResponse(
             {
