@@ -29,7 +29,8 @@ TOOLS: list[Any] = [{"type": "function", "function": {"name": "get_weather", "de
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     args = ["--num-kv-blocks", "64", "--max-num-seqs", "4", "--num-threads", "1", "--max-waiting", str(MAX_WAITING),
-            "--max-body-bytes", str(MAX_BODY), "--served-model-name", "tiny", "--log-level", "warning"]  # fmt: skip
+            "--max-body-bytes", str(MAX_BODY), "--served-model-name", "tiny", "--log-level", "warning",
+            "--max-header-bytes", "16384", "--header-timeout", "1", "--body-timeout", "1"]  # fmt: skip
     with engine_server(str(tiny_model_dir), *args, log_dir=tmp_path_factory.mktemp("logs")) as proc:
         yield proc
 
@@ -257,3 +258,32 @@ def test_program_retention_and_release(client: openai.OpenAI, server: ServerProc
     assert released["program_id"] == "prog-1" and released["released_blocks"] > 0
     m = metrics(server)
     assert m["shoal:programs"] == 0 and m["shoal:pinned_blocks"] == 0
+
+
+def test_header_and_body_limits_from_the_flags(server: ServerProcess) -> None:
+    import socket
+    import time
+
+    host, port = server.url.removeprefix("http://").split(":")
+
+    def answer(data: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(data)
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            return received
+
+    assert answer(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n").startswith(
+        b"HTTP/1.1 431"
+    )
+    start = time.monotonic()
+    assert answer(b"GET /health HTTP/1.1\r\nHost: x\r\n").startswith(b"HTTP/1.1 408")
+    assert answer(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{").startswith(
+        b"HTTP/1.1 408"
+    )
+    assert time.monotonic() - start < 6
+    assert httpx.get(server.url + "/health").status_code == 200
