@@ -3,8 +3,10 @@
 uvicorn's httptools protocol has no header size or count limit and no header read timeout,
 so a client could send an endless header or hold a connection with half a request line.
 ``GuardedHttpProtocol`` adds what nginx and Envoy enforce: a bounded request head (431), a
-deadline for it (408, which also bounds a connection that never sends anything), and the
-idle keep-alive limit. The body read deadline is the proxy's (it owns the body loop).
+deadline for it (408, which also bounds a connection that never sends anything), a deadline
+for the body, and the idle keep-alive limit. The proxy enforces the body deadline itself (a
+JSON 408 through ASGI); the protocol's, a moment later, covers every other route that reads
+a body (program and tool endpoints).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from shoal.router.config import RouterConfig
 from shoal.router.errors import error_body
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_BODY_BACKSTOP_S = 1.0
+"""The protocol's body deadline trails the proxy's by this much, so proxied requests get the proxy's answer."""
 
 
 class _HeadRejected(Exception):
@@ -51,12 +55,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         max_header_bytes: int,
         max_header_count: int,
         header_timeout_s: float,
+        body_timeout_s: float,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._max_header_bytes = max_header_bytes
         self._max_header_count = max_header_count
         self._header_timeout_s = header_timeout_s
+        self._body_timeout_s = body_timeout_s
+        self._body_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._header_count = 0
         self._in_head = True
@@ -69,6 +76,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
@@ -79,6 +87,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            self._reject(408, f"request body not received within {self._body_timeout_s:g} s")
+        else:
+            self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -123,6 +145,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._disarm_head_timer()
         super().on_headers_complete()
+        # Disarmed by on_message_complete: at once for a request without a body.
+        self._body_timer = self.loop.call_later(self._body_timeout_s, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body_timer()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -139,5 +167,6 @@ def uvicorn_settings(cfg: RouterConfig) -> dict[str, Any]:
         max_header_bytes=cfg.limits.max_header_bytes,
         max_header_count=cfg.limits.max_header_count,
         header_timeout_s=cfg.timeouts.client_header_s,
+        body_timeout_s=cfg.timeouts.client_body_s + _BODY_BACKSTOP_S,
     )
     return {"http": protocol, "timeout_keep_alive": cfg.timeouts.client_keep_alive_s}

@@ -172,3 +172,30 @@ def test_huge_prompt_digest_work_and_memory_are_bounded(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert digest.block_hashes and digest.num_tokens > 1_000_000  # estimated, not tokenized
     assert took < 1.0 and peak < 4 * len(req.raw), (took, peak)
+
+
+async def test_every_route_gets_a_body_deadline() -> None:
+    # Routes other than the proxy (program and tool endpoints) read bodies through the
+    # framework: the server protocol bounds them too.
+    from _fakes import Served
+
+    from shoal.router.config import RouterConfig
+    from shoal.router.server import uvicorn_settings
+
+    async def reads_body(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    cfg = RouterConfig.model_validate({"pools": [{"name": "p", "models": ["m"], "endpoints": {"static": ["http://a:1"]}}],
+                                       "timeouts": {"clientBodyS": 0.3}})
+    server = await Served(reads_body, settings=uvicorn_settings(cfg)).start()
+    try:
+        head = b"POST /v1/programs/p1/tools/t HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        response, took = await _exchange(server.url, head + b"{}")
+        assert _status(response) == 408 and took < 3.0
+    finally:
+        await server.stop()
