@@ -81,23 +81,25 @@ def oversubscribed(workload: WorkloadSpec, factor: float) -> int:
 
 def run_real(args: argparse.Namespace) -> int:
     from bench.sim_programs.real import POLICIES as REAL_POLICIES
-    from bench.sim_programs.real import RealParams, run_policy
+    from bench.sim_programs.real import RealParams, RealStats, run_policy
     from bench.sim_programs.report import write_real_report
 
-    if args.real_concurrency < 1 or args.real_duration <= 60:
-        print("--real-concurrency must be >= 1 and --real-duration > 60", file=sys.stderr)
+    if args.real_concurrency < 1 or args.real_duration <= 60 or args.real_rounds < 1:
+        print("--real-concurrency and --real-rounds must be >= 1, --real-duration > 60", file=sys.stderr)
         return 2
     params = RealParams(concurrency=args.real_concurrency, duration_s=args.real_duration,
                         warmup_s=min(60.0, args.real_duration / 4), seed=args.seed)
     started = time.time()
-    results = []
-    for policy in REAL_POLICIES:
-        stats = run_policy(policy, params)
-        results.append(stats)
-        print(f"real {policy:12s} {stats.steps_per_min:6.1f} steps/min  hit {stats.hit_rate:.2f}  "
-              f"programs done {len(stats.completions)}  errors {stats.errors}", flush=True)
+    rounds: dict[str, list[RealStats]] = {p: [] for p in REAL_POLICIES}
+    for round_no in range(args.real_rounds):  # policies in turn, so slow drifts of the machine's load hit all
+        for policy in REAL_POLICIES:
+            stats = run_policy(policy, params)
+            rounds[policy].append(stats)
+            print(f"real round {round_no + 1} {policy:12s} {stats.steps_per_min:6.1f} steps/min  "
+                  f"hit {stats.hit_rate:.2f}  programs done {len(stats.completions)}  errors {stats.errors}  "
+                  f"load {stats.load_avg:.1f}", flush=True)
     command = "python bench/programs.py " + " ".join(sys.argv[1:])
-    write_real_report(RESULTS / "programs-real.md", params, results, command.strip(), time.time() - started)
+    write_real_report(RESULTS / "programs-real.md", params, rounds, command.strip(), time.time() - started)
     print(f"wrote {RESULTS / 'programs-real.md'} ({time.time() - started:.0f} s)")
     return 0
 
@@ -113,6 +115,7 @@ def main() -> int:
                         help="2 real engines (bundled model, small KV) behind the real router, real tool sleeps")
     parser.add_argument("--real-concurrency", type=int, default=10)
     parser.add_argument("--real-duration", type=float, default=240.0, help="seconds per policy (real mode)")
+    parser.add_argument("--real-rounds", type=int, default=1, help="rounds of all policies in turn (real mode)")
     args = parser.parse_args()
     if args.real:
         return run_real(args)

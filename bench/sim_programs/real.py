@@ -103,6 +103,8 @@ class RealStats:
     completions: list[float] = field(default_factory=list)
     pauses: list[float] = field(default_factory=list)
     window_s: float = 0.0
+    load_avg: float = 0.0
+    """The machine's 1-minute load average at the end of the run (other work shares the cores)."""
 
     @property
     def steps_per_min(self) -> float:
@@ -255,5 +257,6 @@ def run_policy(policy: str, params: RealParams) -> RealStats:
                     await harness.close()
 
         asyncio.run(main())
+        stats.load_avg = os.getloadavg()[0]
     stats.window_s = params.duration_s - params.warmup_s
     return stats

@@ -202,8 +202,11 @@ def write_report(
     md.write_text("\n".join(lines) + "\n")
 
 
-def write_real_report(md: Path, params: RealParams, results: list[RealStats], command: str, wall_s: float) -> None:
-    """The real-engine run: 2 engines + the real router, the two policies side by side."""
+def write_real_report(
+    md: Path, params: RealParams, rounds: dict[str, list[RealStats]], command: str, wall_s: float,
+) -> None:
+    """The real-engine run: 2 engines, the policies side by side (rounds pooled)."""
+    results = [merge_rounds(runs) for runs in rounds.values() if runs]
     by = {r.policy: r for r in results}
     base, shoal, ta = by.get(BASELINE), by.get(SHOAL), by.get(TA_CODED)
     lines = [
@@ -225,10 +228,13 @@ def write_real_report(md: Path, params: RealParams, results: list[RealStats], co
         "(`bench/sim_programs/real_harness.py`, wall-clock 5 s tick, JSON-length estimate, real usage), posting "
         "straight to the engines.",
         "- KV needed / KV = concurrent programs x mean prompt tokens per call / the 2 engines' KV tokens.",
+        f"- Rounds: {max(len(v) for v in rounds.values())} (all policies in turn each round, figures pooled; "
+        "steps/min per round: " + "; ".join(
+            f"{p} " + ", ".join(f"{r.steps_per_min:.1f}" for r in runs) for p, runs in rounds.items()) + ").",
         "",
         "| policy | steps/min | x prefix+load | x TA coded | hit rate | mean prompt (tokens) | KV needed / KV | "
-        "programs done | completion p50 (s) | pauses (p99 s) | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "programs done | completion p50 (s) | pauses (p99 s) | errors | load avg at end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     kv_tokens = 2 * params.kv_blocks * 16
     for r in results:
@@ -239,7 +245,7 @@ def write_real_report(md: Path, params: RealParams, results: list[RealStats], co
         pauses = f"{len(r.pauses)} ({_fmt(pct(r.pauses, 99))})" if r.pauses else "-"
         lines.append(f"| {r.policy} | {r.steps_per_min:.1f} | {x} | {x_ta} | {r.hit_rate:.3f} | "
                      f"{_fmt(mean_prompt, 0)} | {_fmt(need, 2)}x | {len(r.completions)} | "
-                     f"{_fmt(pct(r.completions, 50))} | {pauses} | {r.errors} |")
+                     f"{_fmt(pct(r.completions, 50))} | {pauses} | {r.errors} | {r.load_avg:.1f} |")
     lines.append("")
     if base and shoal:
         value = ratio(shoal.steps_per_min, base.steps_per_min)
@@ -250,6 +256,21 @@ def write_real_report(md: Path, params: RealParams, results: list[RealStats], co
         lines.append(f"- Target: Shoal not below ThunderAgent-as-coded: **{value:.2f}x, "
                      f"{'met' if value >= 1.0 else 'NOT met'}**.")
     md.write_text("\n".join(lines) + "\n")
+
+
+def merge_rounds(runs: list[RealStats]) -> RealStats:
+    """One policy's rounds pooled: counts and windows summed, samples joined, load averaged."""
+    out = RealStats(runs[0].policy)
+    for r in runs:
+        out.steps += r.steps
+        out.prompt_tokens += r.prompt_tokens
+        out.cached_tokens += r.cached_tokens
+        out.errors += r.errors
+        out.completions += r.completions
+        out.pauses += r.pauses
+        out.window_s += r.window_s
+    out.load_avg = sum(r.load_avg for r in runs) / len(runs)
+    return out
 
 
 def _targets(checks: list[Check], max_wait: float) -> list[str]:

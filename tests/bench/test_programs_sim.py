@@ -142,3 +142,22 @@ def test_cost_model_fit_recovers_known_constants() -> None:
     got = fit(samples, "synthetic")
     for name in ("t0", "kp", "ka", "kd"):
         assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=1e-6)
+
+
+def test_real_report_pools_rounds_and_states_the_targets(tmp_path: Path) -> None:
+    from bench.sim_programs.real import RealParams, RealStats
+    from bench.sim_programs.report import write_real_report
+
+    def stats(policy: str, steps: int) -> RealStats:
+        return RealStats(policy, steps=steps, prompt_tokens=400 * steps, cached_tokens=300 * steps,
+                         completions=[60.0], window_s=120.0, load_avg=2.0)
+
+    rounds = {"prefix+load": [stats("prefix+load", 100), stats("prefix+load", 60)],
+              "TA as coded": [stats("TA as coded", 120), stats("TA as coded", 120)],
+              "shoal": [stats("shoal", 150), stats("shoal", 150)]}
+    md = tmp_path / "real.md"
+    write_real_report(md, RealParams(), rounds, "cmd", 1.0)
+    text = md.read_text()
+    assert "| shoal | 75.0 | 1.88 | 1.25 | 0.750 | 400 |" in text  # 300 steps over 240 s; 160 for prefix+load
+    assert "**1.88x, met**" in text and "**1.25x, met**" in text
+    assert "prefix+load 50.0, 30.0" in text

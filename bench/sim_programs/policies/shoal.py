@@ -52,7 +52,8 @@ class ShoalPolicy(Policy):
     def _refresh(self) -> list[Decision]:
         caps = {
             e.name: EngineCapacity(
-                total_blocks=e.spec.num_blocks, free_blocks=e.free_blocks - e.cached_blocks,
+                # as the engine's shoal: metrics say it: free includes the cached (reusable) blocks
+                total_blocks=e.spec.num_blocks, free_blocks=e.free_blocks,
                 cached_blocks=e.cached_blocks, pinned_blocks=e.pinned_blocks, block_size=e.spec.block_size,
             )
             for e in self.engines
