@@ -90,8 +90,9 @@ class SimServer:
             prompt = chat_tokens(body["messages"])
             output = chat_tokens([{"role": "assistant", "content": reply_words}])
             bs = self.engine.spec.block_size
-            req = SimRequest(next(self._rid), 0.0, len(prompt), len(output),
-                             prefix_block_hashes(prompt, bs), prefix_block_hashes(prompt + output, bs))
+            salt = request.headers.get("x-shoal-cache-salt", "")  # tenants share cached blocks only when equal
+            req = SimRequest(next(self._rid), 0.0, len(prompt), len(output), prefix_block_hashes(prompt, bs, salt),
+                             prefix_block_hashes(prompt + output, bs, salt))
             queue: asyncio.Queue[int] = asyncio.Queue()
             self._streams[req.rid] = queue
             self.engine.add(req)
