@@ -139,3 +139,14 @@ async def test_polling_logs_nothing_at_info(caplog: pytest.LogCaptureFixture) ->
         assert h.app.services.pools["chat"].endpoints.get(h.servers[0].url) is not None
     polls = [r for r in caplog.records if r.levelno >= logging.INFO and r.name in {"httpx", "shoal.router.pool"}]
     assert not polls, [r.getMessage() for r in polls]
+
+
+async def test_retry_settings_turn_spill_over_and_5xx_retries_off() -> None:
+    full, room = FakeEngine("full", status=429, retry_after="9"), FakeEngine("room")
+    cfg = {"retries": {"retryOnFull": False, "maxServerErrorRetries": 0}, "picking": {"scorers": [], "picker": "round-robin"}}
+    async with Harness([full, room], cfg) as h, httpx.AsyncClient(base_url=h.url) as c:
+        statuses = [(await c.post("/v1/chat/completions", json=chat_body())).status_code for _ in range(4)]
+        assert sorted(statuses) == [200, 200, 429, 429]
+        full.status = 500
+        statuses = [(await c.post("/v1/chat/completions", json=chat_body())).status_code for _ in range(4)]
+        assert sorted(statuses) == [200, 200, 500, 500]

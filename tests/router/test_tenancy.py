@@ -89,3 +89,19 @@ def test_upstream_key_sources(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at most one"):
         RouterConfig.model_validate({"pools": [{"name": "p", "models": ["m"], "endpoints": {"static": ["http://a:1"]}}],
                                      "upstream": {"apiKeyEnv": "A", "apiKeyFile": "/x"}})
+
+
+def test_tenancy_and_limits_config_round_trip_and_reject_bad_values() -> None:
+    base: dict[str, Any] = {"pools": [{"name": "p", "models": ["m"], "endpoints": {"static": ["http://a:1"]}}]}
+    cfg = RouterConfig.model_validate({
+        **base, "tenancy": {"cacheSharing": "shared", "tenantHeader": "X-Tenant"},
+        "upstream": {"apiKeyFile": "/run/secrets/engine-key"}, "auth": {"apiKeysEnv": "K", "priorityKeys": ["ops"]},
+        "limits": {"maxHeaderBytes": 8192, "maxHeaderCount": 50, "maxTokenizedPromptBytes": 0},
+        "timeouts": {"clientHeaderS": 5, "clientBodyS": 10, "clientKeepAliveS": 15},
+        "retries": {"maxServerErrorRetries": 0, "retryOnFull": False},
+    })
+    assert RouterConfig.model_validate(cfg.to_yaml_dict()) == cfg
+    for bad in ({"tenancy": {"cacheSharing": "everyone"}}, {"limits": {"maxHeaderCount": 2}},
+                {"timeouts": {"clientBodyS": 0}}, {"tenancy": {"tenantHeader": ""}}):
+        with pytest.raises(ValueError):
+            RouterConfig.model_validate({**base, **bad})
