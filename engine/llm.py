@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from shoal.engine.chat_format import chat_prompt_ids
 from shoal.engine.config import EngineConfig
 from shoal.engine.llm_engine import LLMEngine
 from shoal.engine.outputs import CompletionOutput, RequestOutput
@@ -138,7 +139,7 @@ class LLM:
                 messages = list(item)
                 if not messages:
                     raise ValueError("a conversation must have at least one message")
-                token_lists.append(self.tokenizer.encode_chat(messages))
+                token_lists.append(chat_prompt_ids(self.tokenizer, {"messages": messages}))
         return token_lists
 
 

@@ -276,6 +276,8 @@ class ChatCompletionRequest(_SamplingRequest):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra variables for the chat template (e.g. ``enable_thinking``), as vLLM accepts them."""
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:

@@ -48,10 +48,16 @@ def template_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
     return chat_format.template_tools(dumped.get("tools"), dumped.get("tool_choice"))
 
 
-def encode_messages(ctx: ServingContext, req_messages: list[Message], tools: Any, add_generation_prompt: bool) -> list[int]:
+def encode_messages(
+    ctx: ServingContext,
+    req_messages: list[Message],
+    tools: Any,
+    add_generation_prompt: bool,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int]:
     # The router computes its block hashes through the same chat_prompt_ids (precise affinity).
     body = {"messages": [m.model_dump(exclude_none=True) for m in req_messages], "tools": tools,
-            "add_generation_prompt": add_generation_prompt}  # fmt: skip
+            "add_generation_prompt": add_generation_prompt, "chat_template_kwargs": template_kwargs}  # fmt: skip
     try:
         ids = chat_format.chat_prompt_ids(ctx.tokenizer, body)
     except ValueError as exc:
@@ -104,7 +110,9 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
     ctx.admit(req.n)  # before any template or tokenizer work: a full queue costs nothing
     ctx.check_text_size(_text_bytes(req), "messages")
     tools = template_tools(req)
-    ids = await ctx.off_loop(encode_messages, ctx, req.messages, tools, req.add_generation_prompt)
+    ids = await ctx.off_loop(
+        encode_messages, ctx, req.messages, tools, req.add_generation_prompt, req.chat_template_kwargs
+    )
     if not ids:
         raise bad_request("the rendered conversation is empty", param="messages")
     max_tokens = ctx.output_budget(len(ids), req.output_limit(), "messages")
