@@ -12,7 +12,7 @@ export PYTHONSAFEPATH := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lint test test-kernels test-slow test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator gpu-check clean
+.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes gpu-check clean
 
 $(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,18 +31,17 @@ lint: $(STAMP)
 
 # Default tier: unit + integration on CPU (kernels and slow tiers have their own targets).
 test: lint
-	$(PYTEST) -m "not slow and not kernels and not gpu" -q
+	$(PYTEST) -m "not slow and not kernels and not gpu and not fuzz" -q
 
 test-kernels: $(STAMP)
 	TRITON_INTERPRET=1 $(PYTEST) -m kernels -q
 
 test-slow: $(STAMP)
-	$(PYTEST) -m "slow and not gpu" -q
+	$(PYTEST) -m "slow and not gpu and not fuzz" -q
 
-test-all: test test-kernels test-slow
+test-all: test test-kernels test-slow test-fuzz
 
 # Fuzz tier: schemathesis on the OpenAPI schemas + hypothesis on sampling parameters (0 server errors).
-.PHONY: test-fuzz
 test-fuzz: $(STAMP)
 	$(PYTEST) -m fuzz -q tests/fuzz
 
@@ -69,12 +68,10 @@ bench-operator: $(STAMP)
 	$(PY) bench/operator_scale.py
 
 # Program-aware scheduling vs ThunderAgent & co. on a simulated fleet (issue 9); --quick: < 60 s.
-.PHONY: bench-programs
 bench-programs: $(STAMP)
 	$(PY) bench/programs.py
 
 # Tool sandboxes: start cold vs warm pool, preparation hidden by pre-warm, leaks (issue 10; root for full isolation).
-.PHONY: bench-sandboxes
 bench-sandboxes: $(STAMP)
 	$(PY) bench/sandboxes.py
 
