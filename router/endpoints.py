@@ -206,11 +206,14 @@ class EndpointSet:
         if state is not None and state.breaker.record_failure() and self._observer is not None:
             self._observer.endpoint_ejected(self.pool, url)
 
-    def eject(self, url: str) -> None:
-        """The engine's own health check failed: take it out now."""
+    def eject(self, url: str) -> bool:
+        """The engine's own health check failed: take it out now. True when it was serving."""
         state = self._states.get(url)
-        if state is not None and state.breaker.eject() and self._observer is not None:
+        if state is None or not state.breaker.eject():
+            return False
+        if self._observer is not None:
             self._observer.endpoint_ejected(self.pool, url)
+        return True
 
     def record_success(self, url: str) -> None:
         """A request to ``url`` succeeded."""

@@ -150,8 +150,7 @@ class PoolRuntime:
 
         async def check() -> None:
             try:
-                if await self._health_ok(url) is False:
-                    self.endpoints.eject(url)
+                if await self._health_ok(url) is False and self.endpoints.eject(url):
                     log.warning("pool %s: %s ejected: its /health fails", self.name, url)
             finally:
                 self._checking.discard(url)
@@ -164,9 +163,8 @@ class PoolRuntime:
         url = state.url
         healthy = await self._health_ok(url)
         if healthy is False:
-            if state.breaker.available:
+            if self.endpoints.eject(url):
                 log.warning("pool %s: %s ejected: its /health fails", self.name, url)
-            self.endpoints.eject(url)
             state.set_metrics(None, self._clock())
             return
         if healthy is None:
