@@ -9,7 +9,7 @@ Writes ``bench/results/programs.md`` and ``programs.png`` (``programs-quick.*`` 
     .venv/bin/python bench/programs.py            # full run (~5-10 min on 2 cores)
     .venv/bin/python bench/programs.py --quick    # smoke run (< 60 s)
     .venv/bin/python bench/programs.py --refit    # re-measure the cost model first (~1-2 min)
-    .venv/bin/python bench/programs.py --real     # REAL engines + router instead (~10 min)
+    .venv/bin/python bench/programs.py --real     # REAL engines + router instead (~13 min a round)
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset")
     parser.add_argument("--real", action="store_true",
                         help="2 real engines (bundled model, small KV) behind the real router, real tool sleeps")
-    parser.add_argument("--real-concurrency", type=int, default=10)
+    parser.add_argument("--real-concurrency", type=int, default=12)
     parser.add_argument("--real-duration", type=float, default=240.0, help="seconds per policy (real mode)")
     parser.add_argument("--real-rounds", type=int, default=1, help="rounds of all policies in turn (real mode)")
     args = parser.parse_args()

@@ -48,7 +48,7 @@ POLICIES = ("prefix+load", "TA as coded", "shoal")
 class RealParams:
     """One real run (both policies use the same)."""
 
-    concurrency: int = 10
+    concurrency: int = 12
     duration_s: float = 240.0
     warmup_s: float = 40.0
     kv_blocks: int = 64
