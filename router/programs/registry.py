@@ -64,6 +64,8 @@ class ProgramRegistry:
         self._programs: dict[tuple[str, str], Program] = {}
         self._call_owner: dict[str, tuple[str, str]] = {}
         self._engines: dict[str, EngineCapacity] = {}
+        self._budget: dict[str, EngineCapacity] = {}
+        """What the programs may use of each engine (``_engines`` less foreign load, if counted)."""
         self._kv = KvAccounts()
         self._expiry_check_at = 0.0
         self._aging_at: float | None = None

@@ -13,6 +13,7 @@ has room; new programs get the set of engines with room and prefix affinity pick
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
@@ -95,7 +96,7 @@ class ProgramScheduler(ProgramRegistry):
         if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
             self._kv.expire(self._programs, now)
             engines, chosen = place(
-                self._engines, self._kv.ledgers, program, call, self.config.low_watermark, sticky=True
+                self._budget, self._kv.ledgers, program, call, self.config.low_watermark, sticky=True
             )
             own = self._admit(program, call, engines, chosen, now, forced=False)
         else:
@@ -195,6 +196,11 @@ class ProgramScheduler(ProgramRegistry):
     def engines_changed(self, capacities: Mapping[str, EngineCapacity]) -> list[Decision]:
         """The engines' latest reported capacities (the full set: missing engines are gone)."""
         self._engines = dict(capacities)
+        self._budget = self._engines
+        if self.config.count_foreign_load:
+            now = self.clock()
+            self._kv.expire(self._programs, now)
+            self._budget = {url: self._without_foreign(url, cap) for url, cap in self._engines.items()}
         return self._rebalance(self.clock())
 
     def tick(self) -> list[Decision]:
@@ -248,6 +254,15 @@ class ProgramScheduler(ProgramRegistry):
             call.call_id, program.program_id, program.tenant, engines, call.retention_s,
             program.cls.priority, resumed=resumed, forced=forced,
         )
+
+    def _without_foreign(self, url: str, cap: EngineCapacity) -> EngineCapacity:
+        """The engine's capacity less the KV in use there that these programs do not explain
+        (other router replicas' programs, one-off requests), as of the engine's latest report."""
+        ledger = self._kv.ledgers.get(url)
+        ours = ledger.working_set if ledger is not None else 0
+        used = (cap.total_blocks - cap.free_blocks) * cap.block_size
+        foreign_blocks = max(0, used - ours) // cap.block_size
+        return replace(cap, total_blocks=max(1, cap.total_blocks - foreign_blocks))
 
     def _expected_idle(self, program: Program, now: float) -> float:
         """Seconds until an acting program's next call, from its tools' observed durations."""
@@ -316,7 +331,7 @@ class ProgramScheduler(ProgramRegistry):
     def _relieve_pressure(self, now: float) -> list[Decision]:
         out: list[Decision] = []
         for url, ledger in self._kv.ledgers.items():
-            cap = self._engines.get(url)
+            cap = self._budget.get(url)
             if cap is None or cap.total_blocks <= 0:
                 continue
             relief = plan_relief(
@@ -348,25 +363,25 @@ class ProgramScheduler(ProgramRegistry):
                 still_waiting.append(program)
                 continue  # paused once its call in flight ends, then resumed from here
             if program.lifecycle is Lifecycle.ACTIVE and not program.marked:
-                engines, chosen = place(self._engines, ledgers, program, call, self.config.low_watermark, sticky=True)
+                engines, chosen = place(self._budget, ledgers, program, call, self.config.low_watermark, sticky=True)
             else:
                 slots_free = active_by_class.get(program.cls.name, 0) < program.cls.max_concurrent_programs
                 if not slots_free and not forced:
                     still_waiting.append(program)
                     continue
                 if room is None:
-                    room = headroom(self._engines, ledgers, self.config.low_watermark, reserved)
-                if not forced and self._engines and least_extra(program, call) >= room + 1:
+                    room = headroom(self._budget, ledgers, self.config.low_watermark, reserved)
+                if not forced and self._budget and least_extra(program, call) >= room + 1:
                     engines, chosen = frozenset(), None  # cannot fit anywhere: no need to look
                 else:
                     engines, chosen = place(
-                        self._engines, ledgers, program, call, self.config.low_watermark, force=forced,
+                        self._budget, ledgers, program, call, self.config.low_watermark, force=forced,
                         reserved=reserved,
                     )
                 if engines is not None and not engines:
                     still_waiting.append(program)
-                    if len(reserved) < len(self._engines):
-                        hold = reservation(self._engines, ledgers, program, call)
+                    if len(reserved) < len(self._budget):
+                        hold = reservation(self._budget, ledgers, program, call)
                         if hold is not None and hold[0] not in reserved:
                             reserved[hold[0]] = hold[1]
                             room = None

@@ -151,3 +151,21 @@ def test_candidates_restrict_placement() -> None:
     admit, _ = start(sched, "p1", 100, candidates=["B"])
     assert isinstance(admit, Admit) and admit.engines == frozenset({"B"})
     assert sched.view("p1", "t").lifecycle == Lifecycle.ACTIVE.value
+
+
+def test_replicas_sharing_an_engine_leave_room_for_each_others_programs() -> None:
+    """Each router replica accounts only the programs it owns; with countForeignLoad it also
+    leaves room for what the engine reports in use beyond them."""
+    mine, _ = make()
+    other, _ = make(count_foreign_load=True)
+    for sched in (mine, other):
+        admit, _ = start(sched, "resident", 300) if sched is other else start(sched, "big", 600)
+        assert isinstance(admit, Admit)
+    # The engine holds both: 900 tokens of 1000 in use (90 of 100 blocks).
+    report = {"A": EngineCapacity(total_blocks=100, free_blocks=10, block_size=10)}
+    mine.engines_changed(report)
+    other.engines_changed(report)
+    blind, _ = start(mine, "new", 100)  # 600 + 100 <= 750 by its own count
+    assert isinstance(blind, Admit)
+    aware, _ = start(other, "new", 100)  # 600 foreign: 400 left, 300 + 100 > 300 under low
+    assert isinstance(aware, Wait)
