@@ -36,7 +36,7 @@ from shoal.router.programs.scheduler import (
     UnknownClass,
 )
 from shoal.router.programs.state import EngineCapacity
-from shoal.router.tenancy import PRIORITY_HEADER, TENANT_HEADER
+from shoal.router.tenancy import TENANT_HEADER
 from shoal.router.tokenization import PromptDigest
 
 log = logging.getLogger("shoal.router.programs")
@@ -57,6 +57,7 @@ class CallTicket:
     tenant: str
     class_name: str
     priority: int
+    """The class priority: the call's ``x-shoal-priority`` unless the caller's key sets its own."""
     engines: frozenset[str] | None
     """Engines the picker may choose from (None: any)."""
     retention_s: float
@@ -73,9 +74,6 @@ class CallTicket:
         out["program_id"] = self.program_id
         out["program_retention_s"] = round(self.retention_s, 3)
         return out
-
-    def upstream_headers(self) -> dict[str, str]:
-        return {PRIORITY_HEADER: str(self.priority)}
 
 
 class ProgramGateway:

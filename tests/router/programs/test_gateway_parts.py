@@ -68,7 +68,6 @@ def test_ticket_sets_the_program_fields_and_drops_client_values() -> None:
     assert ticket.upstream_body(body) == {
         "model": "m", "extra_body": {"top_k": 5}, "program_id": "p1", "program_retention_s": 12.346,
     }
-    assert ticket.upstream_headers() == {"x-shoal-priority": "70"}
 
 
 def _write(path: Path, text: str) -> None:
