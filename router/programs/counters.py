@@ -70,6 +70,8 @@ class ProgramView:
     pinned_for_s: float
     idle_s: float
     paused_for_s: float | None
+    queued_for_s: float | None
+    """Since its first call arrived, while it was never admitted yet."""
     prompt_tokens_total: int
     cached_tokens_total: int
 
@@ -90,6 +92,7 @@ class ProgramView:
             pinned_for_s=max(0.0, program.pinned_until - now) if not program.calls else 0.0,
             idle_s=max(0.0, now - program.last_activity),
             paused_for_s=None if program.paused_at is None else now - program.paused_at,
+            queued_for_s=None if program.queued_at is None else now - program.queued_at,
             prompt_tokens_total=program.prompt_tokens_total,
             cached_tokens_total=program.cached_tokens_total,
         )

@@ -30,7 +30,8 @@ def test_new_programs_wait_when_the_low_watermark_would_be_crossed() -> None:
     assert isinstance(first, Admit) and first.engines == frozenset({"A"})
     held, _ = start(sched, "p2", 100)
     assert isinstance(held, Wait)
-    assert sched.view("p2", "t").lifecycle == "queued"
+    view = sched.view("p2", "t")
+    assert view.lifecycle == "queued" and view.queued_for_s == 0.0 and view.paused_for_s is None
 
 
 def test_acting_programs_are_paused_before_reasoning_ones() -> None:
