@@ -69,8 +69,11 @@ def build_services(
         secret = forwarding_secret(cfg.programs.forwarded_secret_env)
         peer_set = PeerSet(cfg.peers, client, metrics.registry, secret)
         peers = PeerForwarder(peer_set, client, upstream, cfg.timeouts, metrics.registry, cfg.programs.max_wait_s)
+    programs_cfg = cfg.programs
+    if programs_cfg.count_foreign_load is None:  # replicas share the engines: count each other's load
+        programs_cfg = programs_cfg.model_copy(update={"count_foreign_load": cfg.peers is not None})
     programs = ProgramGateway(
-        cfg.programs, pools=pools, client=client, upstream_auth=upstream_auth_headers(upstream_key),
+        programs_cfg, pools=pools, client=client, upstream_auth=upstream_auth_headers(upstream_key),
         call_timeout_s=cfg.timeouts.total_s, registry=metrics.registry,
     )
     return Services(

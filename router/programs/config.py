@@ -105,10 +105,10 @@ class ProgramsConfig(StrictModel):
     learned TTL maximizes P(tool back within TTL) x this - expected seconds held."""
     prewarm_queue_depth: int = Field(default=2, ge=0, le=1000)
     """Queued programs nearest the head whose sandboxes are prepared ahead (0: none)."""
-    count_foreign_load: bool = False
+    count_foreign_load: bool | None = None
     """Also leave room for KV the engines report in use that this router's programs do not
-    explain (other router replicas' programs, one-off requests), from each scrape. Set it when
-    several router replicas share the engines: each replica accounts only the programs it owns."""
+    explain (other router replicas' programs, one-off requests), from each scrape. Unset: on
+    when ``peers`` is configured (each replica accounts only the programs it owns)."""
     forwarded_secret_env: str | None = None
     """Several router replicas: env var holding the secret replicas use to forward program
     calls to the replica that owns the program."""

@@ -97,3 +97,18 @@ def test_class_source_merges_reloads_and_keeps_the_last_good_classes(tmp_path: P
         assert [c.name for c in source.classes] == ["inline", "a"]
     _write(path, "classes: []\n")
     assert source.poll() is True and [c.name for c in source.classes] == ["inline"] and source.error is None
+
+
+def test_replicas_count_each_others_load_unless_told_otherwise() -> None:
+    from shoal.router.app import build_services
+    from shoal.router.config import RouterConfig
+
+    base: dict[str, object] = {"pools": [{"name": "p", "models": ["m"], "endpoints": {"static": ["http://127.0.0.1:9"]},
+                                          "tokenizer": {"source": "none"}}]}
+    peers = {"self": "http://127.0.0.1:7001", "static": ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]}
+    for extra, expected in (({}, False), ({"peers": peers}, True),
+                            ({"peers": peers, "programs": {"countForeignLoad": False}}, False)):
+        services = build_services(RouterConfig.model_validate({**base, **extra}))
+        assert services.programs is not None
+        assert services.programs.scheduler.config.count_foreign_load is expected, extra
+        services.hashing.shutdown()
