@@ -66,6 +66,8 @@ class ProgramRegistry:
         self._engines: dict[str, EngineCapacity] = {}
         self._budget: dict[str, EngineCapacity] = {}
         """What the programs may use of each engine (``_engines`` less foreign load, if counted)."""
+        self._foreign_blocks: dict[str, int] = {}
+        """Each engine's foreign load in the previous report (blocks)."""
         self._kv = KvAccounts()
         self._expiry_check_at = 0.0
         self._aging_at: float | None = None

@@ -257,12 +257,16 @@ class ProgramScheduler(ProgramRegistry):
 
     def _without_foreign(self, url: str, cap: EngineCapacity) -> EngineCapacity:
         """The engine's capacity less the KV in use there that these programs do not explain
-        (other router replicas' programs, one-off requests), as of the engine's latest report."""
+        (other router replicas' programs, one-off requests). A report lags our own changes (a
+        program that just left still shows), so foreign load counts once two reports in a row
+        show it: a one-report spike never pauses anyone."""
         ledger = self._kv.ledgers.get(url)
         ours = ledger.working_set if ledger is not None else 0
         used = (cap.total_blocks - cap.free_blocks) * cap.block_size
-        foreign_blocks = max(0, used - ours) // cap.block_size
-        return replace(cap, total_blocks=max(1, cap.total_blocks - foreign_blocks))
+        foreign_now = max(0, used - ours) // cap.block_size
+        foreign = min(foreign_now, self._foreign_blocks.get(url, 0))
+        self._foreign_blocks[url] = foreign_now
+        return replace(cap, total_blocks=max(1, cap.total_blocks - foreign))
 
     def _expected_idle(self, program: Program, now: float) -> float:
         """Seconds until an acting program's next call, from its tools' observed durations."""

@@ -166,7 +166,24 @@ def test_replicas_sharing_an_engine_leave_room_for_each_others_programs() -> Non
     report = {"A": EngineCapacity(total_blocks=100, free_blocks=10, block_size=10)}
     mine.engines_changed(report)
     other.engines_changed(report)
+    first, _ = start(other, "early", 100)  # one report is not enough: it may only lag
+    assert isinstance(first, Admit)
+    other.release("early", "t")
+    other.engines_changed(report)  # the second report in a row: 600 tokens are someone else's
     blind, _ = start(mine, "new", 100)  # 600 + 100 <= 750 by its own count
     assert isinstance(blind, Admit)
     aware, _ = start(other, "new", 100)  # 600 foreign: 400 left, 300 + 100 > 300 under low
     assert isinstance(aware, Wait)
+
+
+def test_a_one_report_spike_of_foreign_load_pauses_nobody() -> None:
+    sched, _ = make(count_foreign_load=True, retention_default_s=60.0)
+    admit, _ = start(sched, "p", 600)
+    assert isinstance(admit, Admit)
+    finish(sched, admit.call_id, 600, 0)  # pinned: 600 of 1000
+    spike = {"A": EngineCapacity(total_blocks=100, free_blocks=0, block_size=10)}  # 400 unexplained
+    assert pauses(sched.engines_changed(spike)) == []
+    calm = {"A": EngineCapacity(total_blocks=100, free_blocks=40, block_size=10)}
+    assert pauses(sched.engines_changed(calm)) == []
+    assert pauses(sched.engines_changed(spike)) == []  # spike, calm, spike: never two in a row
+    assert pauses(sched.engines_changed(spike)) == ["p"]  # it persists: 600 > 0.9 x 600 left
