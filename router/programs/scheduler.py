@@ -4,8 +4,9 @@ Policy (issue 9): each engine's KV working set (programs' contexts from the engi
 usage, shared prefix blocks counted once) is held between a high and a low watermark.
 Above the high one, ACTING programs are paused first, then REASONING ones are marked (paused
 when their call ends), lowest class priority first, and only as many tokens as the overflow
-down to the low watermark, counting what is already marked. Waiting calls (queued or paused
-programs) are admitted first by class priority, then by wait; nobody waits past
+down to the low watermark, counting what is already marked. Waiting calls are admitted by
+class priority, then paused programs before new ones (their blocks may still be cached,
+and finishing started programs beats starting more), then by wait; nobody waits past
 ``max_wait_s``. A resumed program returns to the engine holding its blocks when that engine
 has room; new programs get the set of engines with room and prefix affinity picks among them.
 """
@@ -349,7 +350,7 @@ class ProgramScheduler(ProgramRegistry):
         ledgers = self._kv.ledgers
         waiting = sorted(
             ((p, c) for p in self._programs.values() for c in p.waiting.values()),
-            key=lambda pc: (-pc[0].cls.priority, pc[1].arrived_at, pc[1].seq),
+            key=lambda pc: (-pc[0].cls.priority, pc[0].turns == 0, pc[1].arrived_at, pc[1].seq),
         )
         active_by_class: dict[str, int] = {}
         for p in self._programs.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sched_helpers import admits, finish, klass, make, start
 
-from shoal.router.programs.decisions import Admit, Prewarm, Reject, Terminate, Wait
+from shoal.router.programs.decisions import Admit, Pause, Prewarm, Reject, Terminate, Wait
 from shoal.router.programs.scheduler import ClassForbidden, ContextTooLong, ProgramNotFound, UnknownClass
 
 
@@ -241,3 +241,23 @@ def test_a_class_closed_to_a_tenant_is_neither_named_nor_defaulted() -> None:
         sched.resolve_class("vip", "m", "mallory")
     assert sched.resolve_class(None, "m", "alice").name == "vip"
     assert sched.resolve_class(None, "m", "mallory").name == "standard"  # not the model's first class
+
+
+def test_paused_programs_resume_before_new_ones_start() -> None:
+    sched, clock = make(retention_default_s=60.0)
+    calls = {}
+    for pid in ("p1", "p2"):
+        admit, _ = start(sched, pid, 300)
+        assert isinstance(admit, Admit)
+        calls[pid] = admit.call_id
+    finish(sched, calls["p1"], 300, 0)
+    finish(sched, calls["p2"], 300, 0)
+    _, others = start(sched, "p2", 650)  # 950: p1 (acting) is paused
+    assert [d.program_id for d in others if isinstance(d, Pause)] == ["p1"]
+    newcomer, _ = start(sched, "fresh", 150)  # arrives first, never ran
+    clock.advance(1)
+    back, _ = start(sched, "p1", 320)  # p1's next call, later
+    assert isinstance(newcomer, Wait) and isinstance(back, Wait)
+    decisions = sched.release("p2", "t")
+    # Both would fit alone; the paused program goes first even though it arrived later.
+    assert [a.program_id for a in admits(decisions)] == ["p1", "fresh"]
