@@ -140,8 +140,14 @@ async def test_released_program_has_no_pins_left(router: tuple[str, ProgramGatew
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Task C: rename a field."}]
     before = {u: await _engine_kv(u) for u in gateway.scheduler.engines()}
     async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-        await _call(c, "prog-c", messages)
-        engine = gateway.scheduler.view("prog-c", "anonymous").engine
+        r = await c.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": messages, "max_tokens": 4, "temperature": 0, "program_id": "prog-c",
+            "stream": True,
+        })
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+        view = gateway.scheduler.view("prog-c", "anonymous")  # usage read from the engine's SSE comment
+        assert view.turns == 1 and view.context_tokens > 0 and view.prompt_tokens_total > 0
+        engine = view.engine
         assert engine is not None
         baseline = before[engine].pinned_blocks  # pins another test may have left there
         kv = await _engine_kv(engine)
