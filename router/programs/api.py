@@ -17,6 +17,7 @@ from shoal.router.auth import KeyStore
 from shoal.router.errors import RouterError
 from shoal.router.programs.gateway import ProgramGateway
 from shoal.router.programs.scheduler import ProgramNotFound
+from shoal.router.sandboxes.manager import sandbox_key
 from shoal.router.tenancy import Tenancy
 
 
@@ -73,7 +74,7 @@ def register_program_routes(app: FastAPI, gateway: ProgramGateway, keys: KeyStor
             return _not_found(program_id).response()
         body = _view_json(view)
         if gateway.sandboxes is not None:
-            body["sandbox"] = await gateway.sandboxes.ledger(program_id)
+            body["sandbox"] = await gateway.sandboxes.ledger(sandbox_key(view.tenant, program_id))
         return JSONResponse(body)
 
     async def release_program(request: Request, program_id: str) -> Response:

@@ -36,6 +36,7 @@ from shoal.router.programs.scheduler import (
     UnknownClass,
 )
 from shoal.router.programs.state import EngineCapacity
+from shoal.router.sandboxes.manager import sandbox_key
 from shoal.router.tenancy import TENANT_HEADER
 from shoal.router.tokenization import PromptDigest
 
@@ -280,11 +281,11 @@ class ProgramGateway:
                 if d.engine is not None:
                     self._spawn(self._drop_pin(d.engine, d.program_id, d.tenant))
                 if self.sandboxes is not None:
-                    self._spawn(self.sandboxes.release(d.program_id, d.reason))
+                    self._spawn(self.sandboxes.release(sandbox_key(d.tenant, d.program_id), d.reason))
             elif isinstance(d, Prewarm) and self.sandboxes is not None:
                 program = self.scheduler.find(d.program_id, d.tenant)
                 if program is not None and program.cls.sandbox is not None:
-                    self._spawn(self.sandboxes.prewarm(d.program_id, program.cls))
+                    self._spawn(self.sandboxes.prewarm(sandbox_key(d.tenant, d.program_id), program.cls))
         self.metrics.observe()
 
     async def _drop_pin(self, engine: str, program_id: str, tenant: str) -> None:

@@ -29,6 +29,12 @@ log = logging.getLogger("shoal.router.sandboxes")
 T = TypeVar("T")
 
 
+def sandbox_key(tenant: str, program_id: str) -> str:
+    """The manager's key for a tenant's program: program ids are only unique per tenant, and two
+    tenants using the same id must never share a sandbox. The tenant's length makes it unambiguous."""
+    return f"{len(tenant)}:{tenant}/{program_id}"
+
+
 class UnknownTool(SandboxError):
     """The class has no tool of that name."""
 

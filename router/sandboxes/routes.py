@@ -23,7 +23,7 @@ from starlette.routing import Route
 from shoal.router.errors import RouterError, bad_request, payload_too_large
 from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import SandboxError, SandboxUnavailable
-from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager
+from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager, sandbox_key
 
 log = logging.getLogger("shoal.router.sandboxes")
 TOOL_PATH = "/v1/programs/{program_id:path}/tools/{tool}"
@@ -115,7 +115,7 @@ class ToolEndpoint:
             raise not_found(f"Program class {cls.name!r} has no tool {tool!r}.", "tool_not_found", "tool")
         try:
             result = await self.manager.run_tool(
-                program_id, cls, tool, stdin, timeout_s=call.timeout_s, max_output_bytes=call.max_output_bytes
+                sandbox_key(tenant, program_id), cls, tool, stdin, timeout_s=call.timeout_s, max_output_bytes=call.max_output_bytes
             )
         except SandboxDiskFull as exc:
             raise RouterError(409, str(exc), "invalid_request_error", "sandbox_disk_full") from None

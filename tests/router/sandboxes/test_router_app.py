@@ -16,7 +16,7 @@ from _fakes import Served
 
 from shoal.router.app import create_app
 from shoal.router.config import RouterConfig
-from shoal.router.sandboxes.manager import SandboxManager
+from shoal.router.sandboxes.manager import SandboxManager, sandbox_key
 from shoal.router.server import uvicorn_settings
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "programs"))
@@ -99,5 +99,29 @@ async def test_lease_expiry_removes_the_sandbox(router: tuple[str, SandboxManage
     async with httpx.AsyncClient(base_url=url) as client:
         await chat(client, "p2", ALICE)
         r = await client.post("/v1/programs/p2/tools/bash", json={}, headers=ALICE)
-        assert r.status_code == 200 and manager.programs() == ["p2"]
+        assert r.status_code == 200 and manager.programs() == [sandbox_key("alice", "p2")]
         await all_gone(manager, 10.0)  # leaseSeconds 1: the scheduler terminates the idle program
+
+
+async def test_two_tenants_with_one_program_id_get_two_sandboxes(router: tuple[str, SandboxManager]) -> None:
+    """Program ids are unique per tenant only: the same id must never share a sandbox (regression:
+    the manager was keyed by the id alone, so Bob's calls ran in Alice's directory)."""
+    url, manager = router
+    write: dict[str, Any] = {"arguments": {}}
+    async with httpx.AsyncClient(base_url=url) as client:
+        await chat(client, "shared-id", ALICE)
+        await chat(client, "shared-id", BOB)
+        r = await client.post("/v1/programs/shared-id/tools/bash", json=write, headers=ALICE)
+        assert r.status_code == 200, r.text
+        assert manager.programs() == [sandbox_key("alice", "shared-id")]
+        r = await client.post("/v1/programs/shared-id/tools/bash", json=write, headers=BOB)
+        assert r.status_code == 200, r.text
+        assert sorted(manager.programs()) == sorted([sandbox_key("alice", "shared-id"), sandbox_key("bob", "shared-id")])
+        assert (await client.post("/v1/programs/shared-id/release", headers=BOB)).status_code == 200
+        for _ in range(100):
+            if manager.programs() == [sandbox_key("alice", "shared-id")]:
+                break
+            await asyncio.sleep(0.05)
+        assert manager.programs() == [sandbox_key("alice", "shared-id")]  # Alice's sandbox is untouched
+        assert (await client.post("/v1/programs/shared-id/release", headers=ALICE)).status_code == 200
+        await all_gone(manager, 2.0)
