@@ -124,7 +124,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings, metrics: ServerMet
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="tokens")
         return _json(DetokenizeResponse(prompt=ctx.tokenizer.decode(req.tokens)))
 
-    @app.post("/v1/programs/{program_id}/release")
+    @app.post("/v1/programs/{program_id:path}/release")
     async def release_program(program_id: str, request: Request) -> JSONResponse:
         # An admin endpoint (engine key); scoped by the trusted tenant header like the pins it drops.
         tenant = caller_of(request).tenant

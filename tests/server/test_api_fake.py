@@ -190,6 +190,11 @@ async def test_program_id_reaches_engine_and_release(make_client: Any) -> None:
     r = await client.post("/v1/programs/p-1/release")
     assert r.json()["program_id"] == "p-1" and r.json()["released_blocks"] > 0
     assert (await client.post("/v1/programs/p-1/release")).json()["released_blocks"] == 0
+    # Program ids may hold '/' (the id rule allows it); the router sends them percent-encoded.
+    await post(client, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "program_id": "team/run:7",
+                                                "program_retention_s": 30})  # fmt: skip
+    r = await client.post("/v1/programs/team%2Frun:7/release")
+    assert r.status_code == 200 and r.json()["program_id"] == "team/run:7" and r.json()["released_blocks"] > 0
 
 
 async def test_models_health_tokenize_and_shoal_endpoints(make_client: Any) -> None:
