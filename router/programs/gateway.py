@@ -225,10 +225,18 @@ class ProgramGateway:
         program = self.scheduler.find(program_id, tenant)
         return program.cls if program is not None else None
 
-    def tool_finished(self, program_id: str, tool_name: str, duration_s: float, tenant: str) -> None:
-        """A sandbox tool run ended: its duration feeds the retention statistics."""
+    def tool_started(self, program_id: str, tenant: str, timeout_s: float) -> int | None:
+        """A sandbox tool run began: the program stays leased while it runs (up to its timeout)."""
         with contextlib.suppress(ProgramNotFound):
-            self.scheduler.tool_finished(program_id, tenant, tool_name, duration_s)
+            return self.scheduler.tool_started(program_id, tenant, timeout_s)
+        return None
+
+    def tool_finished(
+        self, program_id: str, tool_name: str, duration_s: float | None, tenant: str, token: int | None = None
+    ) -> None:
+        """A sandbox tool run ended: its duration (None: it failed) feeds the retention statistics."""
+        with contextlib.suppress(ProgramNotFound):
+            self.scheduler.tool_finished(program_id, tenant, tool_name, duration_s, token)
 
     # internals ---------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Time rules of program scheduling: activity, leases and lost calls.
 
-A program lives while it is active: a call arriving or ending, a tool finishing. A call in
-flight (or held) counts as activity only up to the router's total request timeout, so a
-client that crashed mid-call still lets its lease run out.
+A program lives while it is active: a call arriving or ending, a tool running or finishing.
+A call in flight (or held) counts as activity only up to the router's total request timeout,
+and a tool run up to its own timeout, so a client that crashed mid-call still lets its lease
+run out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ def last_activity(program: Program, now: float, call_timeout_s: float) -> float:
     last = program.last_activity
     for call in (*program.calls.values(), *program.waiting.values()):
         last = max(last, min(now, (call.started_at or call.arrived_at) + call_timeout_s))
+    for deadline in program.tools_running.values():
+        last = max(last, min(now, deadline))
     return last
 
 

@@ -185,14 +185,31 @@ class ProgramScheduler(ProgramRegistry):
         now = self.clock()
         return self._terminate(program, "release", now) + self._rebalance(now)
 
-    def tool_finished(self, program_id: str, tenant: str, tool: str, duration_s: float) -> None:
-        """A sandbox ran ``tool`` for the program: a measured duration, and activity."""
+    def tool_started(self, program_id: str, tenant: str, timeout_s: float) -> int:
+        """A sandbox tool run began; returns its token for :meth:`tool_finished`."""
+        program = self._programs.get((tenant, program_id))
+        if program is None:
+            raise ProgramNotFound(program_id)
+        now = self.clock()
+        program.last_activity = now
+        token = max(program.tools_running, default=0) + 1
+        program.tools_running[token] = now + timeout_s
+        return token
+
+    def tool_finished(
+        self, program_id: str, tenant: str, tool: str, duration_s: float | None, token: int | None = None
+    ) -> None:
+        """A sandbox ran ``tool`` for the program: activity, and a measured duration (None: the
+        run failed before it finished, so it says nothing about the tool)."""
         program = self._programs.get((tenant, program_id))
         if program is None:
             raise ProgramNotFound(program_id)
         program.last_activity = self.clock()
-        program.tools_reported.add(tool)
-        self.durations.observe(program.cls.name, [tool], duration_s)
+        if token is not None:
+            program.tools_running.pop(token, None)
+        if duration_s is not None:
+            program.tools_reported.add(tool)
+            self.durations.observe(program.cls.name, [tool], duration_s)
 
     def engines_changed(self, capacities: Mapping[str, EngineCapacity]) -> list[Decision]:
         """The engines' latest reported capacities (the full set: missing engines are gone)."""

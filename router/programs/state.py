@@ -114,6 +114,9 @@ class Program:
     """Tools the latest response asked for: the next gap is their duration."""
     tools_reported: set[str] = field(default_factory=set)
     """Tools whose duration the sandbox already reported since the last call ended."""
+    tools_running: dict[int, float] = field(default_factory=dict)
+    """Sandbox tool runs in progress: token -> the run's deadline (start + its timeout).
+    A running tool is activity, so a long tool never lets the lease end under it."""
     prewarmed: bool = False
     cached_tokens_total: int = 0
     prompt_tokens_total: int = 0

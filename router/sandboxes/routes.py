@@ -28,6 +28,7 @@ from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached,
 log = logging.getLogger("shoal.router.sandboxes")
 TOOL_PATH = "/v1/programs/{program_id:path}/tools/{tool}"
 ANONYMOUS = "anonymous"
+PREPARE_ALLOWANCE_S = 600.0
 
 
 class ProgramGateway(Protocol):
@@ -39,8 +40,15 @@ class ProgramGateway(Protocol):
         """The class of ``tenant``'s program ``program_id`` (None: no such program for this tenant)."""
         ...
 
-    def tool_finished(self, program_id: str, tool: str, duration_s: float, tenant: str, /) -> None:
-        """A tool call ended after ``duration_s`` (feeds the scheduler's per-tool statistics)."""
+    def tool_started(self, program_id: str, tenant: str, timeout_s: float, /) -> int | None:
+        """A tool call begins (the program stays leased while it runs); returns a token."""
+        ...
+
+    def tool_finished(
+        self, program_id: str, tool: str, duration_s: float | None, tenant: str, token: int | None = None, /
+    ) -> None:
+        """A tool call ended after ``duration_s`` (None: it failed before finishing); feeds the
+        scheduler's per-tool statistics."""
         ...
 
 
@@ -113,10 +121,17 @@ class ToolEndpoint:
             raise not_found(f"No program {program_id!r}.", "program_not_found")
         if cls.tool(tool) is None or cls.sandbox is None:
             raise not_found(f"Program class {cls.name!r} has no tool {tool!r}.", "tool_not_found", "tool")
+        spec = cls.tool(tool)
+        assert spec is not None
+        # Preparing a cold sandbox comes before the run's own timeout: allow for it generously,
+        # the deadline only matters if this handler never reaches its finally.
+        token = self.gateway.tool_started(program_id, tenant, spec.timeout_s + PREPARE_ALLOWANCE_S)
+        duration_s: float | None = None
         try:
             result = await self.manager.run_tool(
                 sandbox_key(tenant, program_id), cls, tool, stdin, timeout_s=call.timeout_s, max_output_bytes=call.max_output_bytes
             )
+            duration_s = result.duration_s
         except SandboxDiskFull as exc:
             raise RouterError(409, str(exc), "invalid_request_error", "sandbox_disk_full") from None
         except SandboxLimitReached as exc:
@@ -125,7 +140,8 @@ class ToolEndpoint:
             raise RouterError(503, str(exc), "service_unavailable", "sandbox_unavailable") from None
         except SandboxError as exc:
             raise RouterError(503, str(exc), "service_unavailable", "sandbox_failed") from None
-        self.gateway.tool_finished(program_id, tool, result.duration_s, tenant)
+        finally:
+            self.gateway.tool_finished(program_id, tool, duration_s, tenant, token)
         return JSONResponse(result.to_json())
 
     async def _read_body(self, request: Request) -> bytes:

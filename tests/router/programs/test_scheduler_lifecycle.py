@@ -71,6 +71,34 @@ def test_lease_expires_for_a_client_that_vanished_between_calls() -> None:
     assert [d.reason for d in sched.tick() if isinstance(d, Terminate)] == ["lease"]
 
 
+def test_a_running_tool_keeps_the_lease_alive() -> None:
+    """A tool that runs longer than the lease is activity, not idleness (regression: the lease
+    ended under a long test suite and its sandbox was removed mid-run)."""
+    sched, clock = make([klass(lease_seconds=60)])
+    admit, _ = start(sched, "tests", 100)
+    finish(sched, admit.call_id, 100, 10)
+    token = sched.tool_started("tests", "t", timeout_s=600)
+    clock.advance(300)
+    assert sched.tick() == []
+    sched.tool_finished("tests", "t", "pytest", 300.0, token)
+    clock.advance(59)
+    assert sched.tick() == []
+    clock.advance(2)
+    assert [d.reason for d in sched.tick() if isinstance(d, Terminate)] == ["lease"]
+
+
+def test_a_tool_run_counts_only_up_to_its_timeout() -> None:
+    """A run whose end never arrives (a stuck handler) stops holding the lease at its deadline."""
+    sched, clock = make([klass(lease_seconds=60)])
+    admit, _ = start(sched, "stuck", 100)
+    finish(sched, admit.call_id, 100, 10)
+    sched.tool_started("stuck", "t", timeout_s=100)
+    clock.advance(159)
+    assert sched.tick() == []
+    clock.advance(2)
+    assert [d.reason for d in sched.tick() if isinstance(d, Terminate)] == ["lease"]
+
+
 def test_release_is_scoped_to_the_owning_tenant() -> None:
     sched, _ = make()
     start(sched, "p1", 100, tenant="alice")

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from shoal.router.errors import unauthorized
 from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.local import LocalBackend
-from shoal.router.sandboxes.manager import SandboxManager
+from shoal.router.sandboxes.manager import SandboxManager, sandbox_key
 from shoal.router.sandboxes.routes import mount_tool_routes
 from shoal.router.sandboxes.settings import SandboxSettings
 
@@ -35,13 +35,24 @@ class FakeGateway:
     def __init__(self) -> None:
         self.programs = {("p1", "alice"): CLS, ("p2", "alice"): NO_TOOLS}
         self.finished: list[tuple[str, str, float]] = []
+        self.running: set[int] = set()
 
     async def lookup(self, program_id: str, tenant: str) -> ProgramClassConfig | None:
         return self.programs.get((program_id, tenant))
 
-    def tool_finished(self, program_id: str, tool: str, duration_s: float, tenant: str) -> None:
+    def tool_started(self, program_id: str, tenant: str, timeout_s: float) -> int | None:
+        token = len(self.running) + 1
+        self.running.add(token)
+        return token
+
+    def tool_finished(
+        self, program_id: str, tool: str, duration_s: float | None, tenant: str, token: int | None = None
+    ) -> None:
         assert tenant == "alice"
-        self.finished.append((program_id, tool, duration_s))
+        assert token in self.running, "every run that started ends"
+        self.running.discard(token)
+        if duration_s is not None:
+            self.finished.append((program_id, tool, duration_s))
 
 
 def authenticate(headers: Mapping[str, str]) -> str | None:
@@ -79,7 +90,7 @@ async def test_result_and_failing_tool_is_200(client: tuple[httpx.AsyncClient, F
     assert r.status_code == 200 and r.json()["exit_code"] == 3 and r.json()["stderr"] == "broken\n"
     assert [(p, t) for p, t, _ in gateway.finished] == [("p1", "echo"), ("p1", "echo"), ("p1", "fail")]
     assert all(d > 0 for _, _, d in gateway.finished)
-    assert (await manager.ledger("p1") or {})["tool_calls"] == 3
+    assert (await manager.ledger(sandbox_key("alice", "p1")) or {})["tool_calls"] == 3
 
 
 async def test_limits_are_lowered_never_raised(client: tuple[httpx.AsyncClient, FakeGateway, SandboxManager]) -> None:
