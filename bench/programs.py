@@ -54,10 +54,19 @@ class Job:
     seed: int
 
 
+REAL_CHECK = "as --real"
+"""Scenario: the --real run's configuration (engines, KV, workload) in the simulator."""
+
+
 def run_job(job: Job, cost: CostModel) -> tuple[Job, Row, float]:
     start = time.time()
-    workload = WorkloadSpec(regime=job.regime, client_mode=job.mode, seed=job.seed)
-    params = FleetParams(workload, job.concurrency, engines=ENGINES, spec=SPEC, duration_s=job.duration_s,
+    if job.scenario == REAL_CHECK:
+        from bench.sim_programs.real import RealParams, simulated_equivalent
+
+        workload, spec = simulated_equivalent(RealParams(seed=job.seed), job.mode)
+    else:
+        workload, spec = WorkloadSpec(regime=job.regime, client_mode=job.mode, seed=job.seed), SPEC
+    params = FleetParams(workload, job.concurrency, engines=ENGINES, spec=spec, duration_s=job.duration_s,
                          warmup_s=job.warmup_s)
     stats = simulate(params, cost, POLICIES[job.policy])
     return job, Row.of(job.scenario, job.regime, job.mode.value, job.concurrency, stats), time.time() - start
@@ -143,6 +152,12 @@ def main() -> int:
             for c in sweep_cs for p in policies]
     jobs += [Job(f"{regime} / {mode.value}", regime, mode, c2x, p, duration, warmup, args.seed)
              for regime, mode in scenarios for p in policies]
+    if not args.quick:
+        from bench.sim_programs.real import POLICIES as REAL_POLICIES
+        from bench.sim_programs.real import RealParams
+
+        jobs += [Job(REAL_CHECK, "real", ClientMode.RELEASES, RealParams().concurrency, p, duration, warmup, args.seed)
+                 for p in REAL_POLICIES if p in policies]
     rows: dict[Job, Row] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for job, row, wall in pool.map(run_job, jobs, [cost] * len(jobs)):
@@ -152,13 +167,14 @@ def main() -> int:
                   f"  p99 pause {row.pause_p99:6.1f} s  longest wait {row.longest_wait:6.1f} s  [{wall:.1f}s]",
                   flush=True)
     sweep_rows = [rows[j] for j in jobs if j.scenario.startswith("sweep")]
-    matrix_rows = [rows[j] for j in jobs if not j.scenario.startswith("sweep")]
+    matrix_rows = [rows[j] for j in jobs if not j.scenario.startswith("sweep") and j.scenario != REAL_CHECK]
+    real_check_rows = [rows[j] for j in jobs if j.scenario == REAL_CHECK]
     name = "programs-quick" if args.quick else "programs"
     command = "python bench/programs.py " + " ".join(sys.argv[1:])
     write_report(RESULTS / f"{name}.md", RESULTS / f"{name}.png", cost=cost, spec=SPEC, engines=ENGINES,
                  workload=base, c2x=c2x, duration_s=duration, warmup_s=warmup, sweep_rows=sweep_rows,
                  matrix_rows=matrix_rows, command=command.strip(), wall_s=time.time() - started,
-                 sweep_regime=SWEEP_REGIME)
+                 sweep_regime=SWEEP_REGIME, real_check_rows=real_check_rows)
     print(f"wrote {RESULTS / (name + '.md')} and {name}.png ({time.time() - started:.0f} s)")
     return 0
 

@@ -35,6 +35,7 @@ import httpx
 from bench.sim_programs.engine import EngineSpec
 from bench.sim_programs.policies.thunderagent import ThunderAgent
 from bench.sim_programs.real_harness import RealHarness
+from bench.sim_programs.workload import ClientMode, Regime, ToolDist, WorkloadSpec
 
 MODEL = "bundled:smollm2-135m-instruct"
 SERVED = "smollm2"
@@ -72,6 +73,20 @@ class RealProgram:
     @property
     def turns(self) -> int:
         return len(self.observations) + 1
+
+
+def simulated_equivalent(params: RealParams, mode: ClientMode = ClientMode.RELEASES) -> tuple[WorkloadSpec, EngineSpec]:
+    """The simulator's workload and engine for this real run, to check the simulator against it.
+
+    Token sizes are the real run's words through the bundled tokenizer and chat template,
+    rounded (its mean prompt, 341-343 tokens, matches this workload's 365-token mean context)."""
+    tools = Regime("real", (("tool", 1.0, ToolDist(params.tool_median_s, params.tool_sigma)),),
+                   f"lognormal, median {params.tool_median_s:g} s, sigma {params.tool_sigma:g}")
+    workload = WorkloadSpec(regime="real", client_mode=mode, seed=params.seed, tools=tools,
+                            system_prompt_tokens=200, task_tokens=(25, 70), turns=params.turns,
+                            output_tokens=(params.max_tokens, params.max_tokens), observation_median=40,
+                            observation_sigma=0.4, observation_max=80)
+    return workload, EngineSpec(num_blocks=params.kv_blocks, max_seqs=8)
 
 
 def program(params: RealParams, index: int) -> RealProgram:

@@ -109,7 +109,7 @@ def _row_line(r: Row, by: dict[str, Row]) -> str:
 def write_report(
     md: Path, png: Path, *, cost: CostModel, spec: EngineSpec, engines: int, workload: WorkloadSpec, c2x: int,
     duration_s: float, warmup_s: float, sweep_rows: list[Row], matrix_rows: list[Row], command: str, wall_s: float,
-    sweep_regime: str,
+    sweep_regime: str, real_check_rows: list[Row],
 ) -> None:
     md.parent.mkdir(parents=True, exist_ok=True)
     plot(sweep_rows, png, sweep_regime, c2x)
@@ -196,6 +196,19 @@ def write_report(
             counters = ", ".join(f"{k} {v:.0f}" if k != "longest wait (s)" else f"{k} {v:.1f}"
                                  for k, v in by[SHOAL].policy_counters)
             lines += ["", f"Shoal scheduler's own counters (whole run): {counters}."]
+        lines.append("")
+    if real_check_rows:
+        by = {r.policy: r for r in real_check_rows}
+        lines += ["## The --real run's configuration in the simulator", "",
+                  "The same engines (2 x 64 blocks, 8 sequences), concurrency and workload sizes as "
+                  "`bench/programs.py --real` (`real.simulated_equivalent`): compare its ratios and hit rates with "
+                  "`programs-real.md` to see how far the simulator can be trusted (absolute steps/min differ: "
+                  "there the engines share 2 cores with the router and the clients).", "",
+                  "| policy | steps/min | x prefix+load | x TA coded | x TA intended | completion p50 / p99 (s) | "
+                  "programs done | hit rate | recomputed | preemptions | pauses | pause p50 / p99 (s) | "
+                  "longest wait (s) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [_row_line(r, by) for r in real_check_rows]
         lines.append("")
     checks = check_targets(matrix_rows, max_wait)
     lines += _targets(checks, max_wait)

@@ -129,9 +129,11 @@ class WorkloadSpec:
     observation_max: int = 512
     crash_fraction: float = 0.3
     """Share of programs that crash in CRASHES mode."""
+    tools: Regime | None = None
+    """Tools to use instead of the named regime's (e.g. the --real run's single tool)."""
 
     def __post_init__(self) -> None:
-        if self.regime not in REGIMES:
+        if self.tools is None and self.regime not in REGIMES:
             raise ValueError(f"unknown regime {self.regime!r}; choose from {', '.join(REGIMES)}")
         for name in ("task_tokens", "turns", "output_tokens"):
             lo, hi = getattr(self, name)
@@ -141,7 +143,7 @@ class WorkloadSpec:
     def program(self, index: int) -> ProgramTrace:
         """The ``index``-th program of this workload (deterministic per seed and index)."""
         rng = random.Random(f"{self.seed}:{self.regime}:{index}")
-        regime = REGIMES[self.regime]
+        regime = self.tools or REGIMES[self.regime]
         n = rng.randint(*self.turns)
         context = self.system_prompt_tokens + rng.randint(*self.task_tokens)
         turns = []

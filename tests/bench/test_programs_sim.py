@@ -161,3 +161,17 @@ def test_real_report_pools_rounds_and_states_the_targets(tmp_path: Path) -> None
     assert "| shoal | 75.0 | 1.88 | 1.25 | 0.750 | 400 |" in text  # 300 steps over 240 s; 160 for prefix+load
     assert "**1.88x, met**" in text and "**1.25x, met**" in text
     assert "prefix+load 50.0, 30.0" in text
+
+
+def test_simulated_equivalent_of_the_real_run_matches_its_shape() -> None:
+    from bench.sim_programs.real import RealParams, simulated_equivalent
+
+    params = RealParams()
+    workload, spec = simulated_equivalent(params)
+    assert spec.num_blocks == params.kv_blocks
+    trace = workload.program(3)
+    assert params.turns[0] <= len(trace.turns) <= params.turns[1]
+    assert {t.tool for t in trace.turns[:-1]} == {"tool"}
+    assert all(t.output_tokens == params.max_tokens for t in trace.turns)
+    # the real run measured a mean prompt of ~342 tokens
+    assert 300 < workload.mean_context_tokens() < 420
