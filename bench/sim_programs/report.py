@@ -103,7 +103,7 @@ def _row_line(r: Row, by: dict[str, Row]) -> str:
     return (f"| {r.policy} | {r.steps_per_min:.1f} | {x(BASELINE)} | {x(TA_CODED)} | {x(TA_INTENDED)} | "
             f"{_fmt(r.completion_p50, 0)} / {_fmt(r.completion_p99, 0)} | {r.programs_finished} | {r.hit_rate:.3f} | "
             f"{r.recomputed_tokens / 1000:.0f}k | {r.preemptions} | {r.pauses} | "
-            f"{_fmt(r.pause_p50)} / {_fmt(r.pause_p99)} | {r.longest_wait:.1f} |")
+            f"{_fmt(r.pause_p50)} / {_fmt(r.pause_p99)} | {_fmt(r.wait_p99)} / {r.longest_wait:.1f} |")
 
 
 def write_report(
@@ -162,8 +162,10 @@ def write_report(
         "completion = program start to its last response (programs started after warm-up); hit rate = prompt tokens "
         "found in the cache at a call's first admission / prompt tokens; recomputed = prompt tokens computed again "
         "that the program had computed before (evicted context, preemptions); pause = a program's time from pause "
-        "to resume (still paused at the end: counted to the end); longest wait = longest time a call was held by "
-        "the policy before reaching an engine (still held at the end: counted to the end).",
+        "to resume (still paused at the end: counted to the end; Shoal resumes a program paused in its tool when its "
+        "next call is admitted, so this includes tool time, while ThunderAgent also resumes paused acting programs on "
+        "its tick without a call); call wait = time a call was held by the policy before "
+        "reaching an engine (p99 over calls, and the longest; still held at the end: counted to the end).",
         "",
         f"## Concurrency sweep ({sweep_regime} tools, clients release)",
         "",
@@ -189,7 +191,7 @@ def write_report(
         lines += [f"### {scenario}", "",
                   "| policy | steps/min | x prefix+load | x TA coded | x TA intended | completion p50 / p99 (s) | "
                   "programs done | hit rate | recomputed | preemptions | pauses | pause p50 / p99 (s) | "
-                  "longest wait (s) |",
+                  "call wait p99 / longest (s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [_row_line(r, by) for r in by.values()]
         if SHOAL in by and by[SHOAL].policy_counters:
@@ -206,7 +208,7 @@ def write_report(
                   "there the engines share 2 cores with the router and the clients).", "",
                   "| policy | steps/min | x prefix+load | x TA coded | x TA intended | completion p50 / p99 (s) | "
                   "programs done | hit rate | recomputed | preemptions | pauses | pause p50 / p99 (s) | "
-                  "longest wait (s) |",
+                  "call wait p99 / longest (s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [_row_line(r, by) for r in real_check_rows]
         lines.append("")

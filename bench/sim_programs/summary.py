@@ -42,6 +42,8 @@ class Row:
     pause_p50: float
     pause_p99: float
     longest_wait: float
+    wait_p99: float
+    """p99 over calls of the time the policy held a call before an engine got it."""
     rejected: int
     policy_counters: tuple[tuple[str, float], ...] = ()
 
@@ -51,7 +53,7 @@ class Row:
             scenario, regime, mode, concurrency, s.policy, s.steps_per_min,
             pct(s.completions, 50), pct(s.completions, 99), s.programs_finished, s.hit_rate,
             s.recomputed_tokens, s.preemptions, len(s.pauses), pct(s.pauses, 50), pct(s.pauses, 99),
-            max(s.queue_waits, default=0.0), s.rejected, tuple(s.policy_counters.items()),
+            max(s.queue_waits, default=0.0), pct(s.queue_waits, 99), s.rejected, tuple(s.policy_counters.items()),
         )
 
 
