@@ -29,7 +29,7 @@ from bench.sim_programs.costmodel import MODEL, CostModel, fit, sweep  # noqa: E
 from bench.sim_programs.engine import EngineSpec  # noqa: E402
 from bench.sim_programs.fleet import FleetParams, simulate  # noqa: E402
 from bench.sim_programs.policies import POLICIES  # noqa: E402
-from bench.sim_programs.report import write_report  # noqa: E402
+from bench.sim_programs.report import scheduler_version, write_report  # noqa: E402
 from bench.sim_programs.summary import Row  # noqa: E402
 from bench.sim_programs.workload import REGIMES, ClientMode, WorkloadSpec  # noqa: E402
 
@@ -91,7 +91,7 @@ def oversubscribed(workload: WorkloadSpec, factor: float) -> int:
 def run_real(args: argparse.Namespace) -> int:
     from bench.sim_programs.real import POLICIES as REAL_POLICIES
     from bench.sim_programs.real import RealParams, RealStats, run_policy
-    from bench.sim_programs.report import write_real_report
+    from bench.sim_programs.report import scheduler_version, write_real_report
 
     if args.real_concurrency < 1 or args.real_duration <= 60 or args.real_rounds < 1:
         print("--real-concurrency and --real-rounds must be >= 1, --real-duration > 60", file=sys.stderr)
@@ -99,6 +99,7 @@ def run_real(args: argparse.Namespace) -> int:
     params = RealParams(concurrency=args.real_concurrency, duration_s=args.real_duration,
                         warmup_s=min(60.0, args.real_duration / 4), seed=args.seed)
     started = time.time()
+    scheduler = scheduler_version()
     rounds: dict[str, list[RealStats]] = {p: [] for p in REAL_POLICIES}
     for round_no in range(args.real_rounds):  # policies in turn, so slow drifts of the machine's load hit all
         for policy in REAL_POLICIES:
@@ -108,7 +109,7 @@ def run_real(args: argparse.Namespace) -> int:
                   f"hit {stats.hit_rate:.2f}  programs done {len(stats.completions)}  errors {stats.errors}  "
                   f"load {stats.load_avg:.1f}", flush=True)
     command = "python bench/programs.py " + " ".join(sys.argv[1:])
-    write_real_report(RESULTS / "programs-real.md", params, rounds, command.strip(), time.time() - started)
+    write_real_report(RESULTS / "programs-real.md", params, rounds, command.strip(), time.time() - started, scheduler)
     print(f"wrote {RESULTS / 'programs-real.md'} ({time.time() - started:.0f} s)")
     return 0
 
@@ -135,6 +136,7 @@ def main() -> int:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     started = time.time()
+    scheduler = scheduler_version()
     cost = load_cost_model(args.refit)
     print(f"cost model: {cost.describe()}  [{cost.source}]", flush=True)
 
@@ -174,7 +176,7 @@ def main() -> int:
     write_report(RESULTS / f"{name}.md", RESULTS / f"{name}.png", cost=cost, spec=SPEC, engines=ENGINES,
                  workload=base, c2x=c2x, duration_s=duration, warmup_s=warmup, sweep_rows=sweep_rows,
                  matrix_rows=matrix_rows, command=command.strip(), wall_s=time.time() - started,
-                 sweep_regime=SWEEP_REGIME, real_check_rows=real_check_rows)
+                 sweep_regime=SWEEP_REGIME, real_check_rows=real_check_rows, scheduler=scheduler)
     print(f"wrote {RESULTS / (name + '.md')} and {name}.png ({time.time() - started:.0f} s)")
     return 0
 

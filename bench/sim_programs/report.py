@@ -109,7 +109,7 @@ def _row_line(r: Row, by: dict[str, Row]) -> str:
 def write_report(
     md: Path, png: Path, *, cost: CostModel, spec: EngineSpec, engines: int, workload: WorkloadSpec, c2x: int,
     duration_s: float, warmup_s: float, sweep_rows: list[Row], matrix_rows: list[Row], command: str, wall_s: float,
-    sweep_regime: str, real_check_rows: list[Row],
+    sweep_regime: str, real_check_rows: list[Row], scheduler: str,
 ) -> None:
     md.parent.mkdir(parents=True, exist_ok=True)
     plot(sweep_rows, png, sweep_regime, c2x)
@@ -126,7 +126,7 @@ def write_report(
         "",
         f"- Command: `{command}` ({wall_s:.0f} s wall on {platform.processor() or platform.machine()}, "
         "2 shared cores; results are in virtual time and do not depend on the machine)",
-        f"- Shoal's scheduler: router/programs at {scheduler_version()}",
+        f"- Shoal's scheduler: router/programs at {scheduler} (when the run started)",
         f"- Cost model (`bench/results/programs-costmodel.json`, `--refit` re-measures): **{cost.describe()}**, "
         f"P = prompt tokens computed in the step, A = attention work (chunk x (prefix + chunk/2) per prompt chunk "
         f"+ context per decode), D = decodes. Fitted on {cost.source}.",
@@ -218,7 +218,7 @@ def write_report(
 
 
 def write_real_report(
-    md: Path, params: RealParams, rounds: dict[str, list[RealStats]], command: str, wall_s: float,
+    md: Path, params: RealParams, rounds: dict[str, list[RealStats]], command: str, wall_s: float, scheduler: str,
 ) -> None:
     """The real-engine run: 2 engines, the policies side by side (rounds pooled)."""
     results = [merge_rounds(runs) for runs in rounds.values() if runs]
@@ -236,7 +236,7 @@ def write_real_report(
         f"{params.max_tokens} output tokens per call, a shared {params.system_words}-word system prompt, real tool "
         f"sleeps (lognormal, median {params.tool_median_s:g} s, sigma {params.tool_sigma:g}); "
         f"{params.duration_s:.0f} s per policy, the first {params.warmup_s:.0f} s excluded.",
-        f"- Shoal's scheduler: router/programs at {scheduler_version()}",
+        f"- Shoal's scheduler: router/programs at {scheduler} (when the run started)",
         "- `shoal`: calls carry `program_id`, programs are released at their end (the router's program scheduler "
         "with its default settings); `prefix+load`: the same calls through the same router without a program (no "
         "admission); `TA as coded`: the simulator's ThunderAgent policy object run as the proxy "

@@ -156,7 +156,7 @@ def test_real_report_pools_rounds_and_states_the_targets(tmp_path: Path) -> None
               "TA as coded": [stats("TA as coded", 120), stats("TA as coded", 120)],
               "shoal": [stats("shoal", 150), stats("shoal", 150)]}
     md = tmp_path / "real.md"
-    write_real_report(md, RealParams(), rounds, "cmd", 1.0)
+    write_real_report(md, RealParams(), rounds, "cmd", 1.0, "`abc`")
     text = md.read_text()
     assert "| shoal | 75.0 | 1.88 | 1.25 | 0.750 | 400 |" in text  # 300 steps over 240 s; 160 for prefix+load
     assert "**1.88x, met**" in text and "**1.25x, met**" in text
