@@ -165,6 +165,9 @@ class ProgramScheduling(ApiModel):
     retention maximizes P(tool back within it) x this - expected seconds held."""
     prewarm_queue_depth: Annotated[int, Field(ge=0, le=1000)] = 2
     """Queued programs nearest the head whose sandboxes are prepared ahead (0: none)."""
+    count_foreign_load: bool | None = None
+    """Also leave room for KV the engines report in use that this router's programs do not
+    explain (other replicas' programs, one-off requests). Unset: on with several replicas."""
     reload_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     """How often the router checks its AgentProgram classes file for changes."""
     default_lease_seconds: Annotated[int, Field(ge=1, le=86400)] | None = None

@@ -133,6 +133,7 @@ def _programs(spec: RouterSpec, classes_file: str, forwarding: bool) -> dict[str
         "retentionDefaultS": p.retention_default_seconds,
         "retentionBreakEvenS": p.retention_break_even_seconds,
         "prewarmQueueDepth": p.prewarm_queue_depth,
+        **({} if p.count_foreign_load is None else {"countForeignLoad": p.count_foreign_load}),
     }
 
 

@@ -161,12 +161,13 @@ def test_router_programs_settings_reach_router_yaml() -> None:
         "pools": [{"name": "chat"}],
         "programs": {"kvHighWatermark": 0.8, "kvLowWatermark": 0.6, "tickSeconds": 0.25, "maxWaitSeconds": 30,
                      "retentionMaxSeconds": 45, "reloadIntervalSeconds": 1, "retentionDefaultSeconds": 3,
-                     "retentionBreakEvenSeconds": 12, "prewarmQueueDepth": 5},
+                     "retentionBreakEvenSeconds": 12, "prewarmQueueDepth": 5, "countForeignLoad": True},
     })  # fmt: skip
     config = RouterConfig.model_validate(yaml.safe_load(render(spec, POOLS, [], kubernetes_endpoints("t")).router_yaml))
     p = config.programs
     assert (p.high_watermark, p.low_watermark, p.tick_s, p.max_wait_s, p.retention_max_s) == (0.8, 0.6, 0.25, 30, 45)
     assert (p.reload_interval_s, p.retention_default_s, p.retention_break_even_s, p.prewarm_queue_depth) == (1, 3, 12, 5)
+    assert p.count_foreign_load is True
 
 
 def test_router_programs_defaults_are_the_routers() -> None:
@@ -178,6 +179,7 @@ def test_router_programs_defaults_are_the_routers() -> None:
     assert crd.retention_default_seconds == router.retention_default_s
     assert crd.retention_break_even_seconds == router.retention_break_even_s
     assert crd.prewarm_queue_depth == router.prewarm_queue_depth
+    assert crd.count_foreign_load == router.count_foreign_load
     # Every router setting is reachable from the CRD (or set by the operator itself).
     by_operator = {"classes", "classes_file", "forwarded_secret_env"}
     rejected = {"enabled", "default_lease_seconds"}  # FeatureNotSupported when set
