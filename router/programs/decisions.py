@@ -52,6 +52,17 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """A paused program between calls gets room on ``engine`` again (KV pressure passed): its
+    next call is admitted at once. Nothing to do on the engine (its blocks were never pinned
+    while paused); the pause ends here."""
+
+    program_id: str
+    tenant: str
+    engine: str
+
+
+@dataclass(frozen=True)
 class Unpin:
     """Drop the program's pin on ``engine``: its tools are not expected back soon enough."""
 
@@ -79,4 +90,4 @@ class Prewarm:
     class_name: str
 
 
-Decision = Admit | Wait | Reject | Pause | Unpin | Terminate | Prewarm
+Decision = Admit | Wait | Reject | Pause | Resume | Unpin | Terminate | Prewarm

@@ -131,3 +131,26 @@ def place(
         best = max(usable, key=lambda u: (rooms[u], u))
         return frozenset({best}), best
     return frozenset(), None
+
+
+def resume_target(
+    engines: Mapping[str, EngineCapacity], ledgers: Mapping[str, EngineLedger], program: Program, low_watermark: float,
+) -> str | None:
+    """Where a paused program between calls can get its room back under the low watermark:
+    its origin engine (its blocks may still be cached) when it fits, else the roomiest
+    engine it fits on; None: nowhere yet."""
+    rooms: dict[str, float] = {}
+    for url, cap in engines.items():
+        if not cap.up or cap.total_blocks <= 0:
+            continue
+        ledger = ledgers.get(url)
+        used = ledger.working_set if ledger is not None else 0
+        extra = (
+            ledger.marginal_of(program.context_tokens, frozenset(program.block_hashes), program.hash_block_size)
+            if ledger is not None else program.context_tokens
+        )
+        rooms[url] = low_watermark * cap.total_tokens - used - extra
+    if program.engine in rooms and rooms[program.engine] >= 0:
+        return program.engine
+    fitting = [url for url, room in rooms.items() if room >= 0]
+    return max(fitting, key=lambda u: (rooms[u], u)) if fitting else None

@@ -73,6 +73,8 @@ class ProgramRegistry:
         self._aging_at: float | None = None
         """The first held call reaches the aging bound then (None: nothing held)."""
         self._seq = itertools.count()
+        self._unpins: list[tuple[float, int, tuple[str, str]]] = []
+        """(when, order, program): the engine's pin outlasts the scheduler's shortened one then."""
         self.set_classes(classes)
 
     # classes ---------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class ProgramRegistry:
 
         Cheap (no pass over the programs); it may be early, never late."""
         self._kv.expire(self._programs, self.clock())
-        times = [t for t in (self._expiry_check_at, self._aging_at, self._kv.next_pin_end()) if t is not None]
+        unpin = self._unpins[0][0] if self._unpins else None
+        times = [t for t in (self._expiry_check_at, self._aging_at, self._kv.next_pin_end(), unpin) if t is not None]
         finite = [t for t in times if t != float("inf")]
         return min(finite) if finite else None
 

@@ -13,13 +13,24 @@ has room; new programs get the set of engines with room and prefix affinity pick
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from shoal.router.programs.config import ProgramClassConfig
-from shoal.router.programs.decisions import Admit, Decision, Pause, Prewarm, Reject, Terminate, Unpin, Wait
+from shoal.router.programs.decisions import (
+    Admit,
+    Decision,
+    Pause,
+    Prewarm,
+    Reject,
+    Resume,
+    Terminate,
+    Unpin,
+    Wait,
+)
 from shoal.router.programs.leases import expiry_check_time, lease_expired, lost_calls
-from shoal.router.programs.placement import headroom, least_extra, place, reservation
+from shoal.router.programs.placement import headroom, least_extra, place, reservation, resume_target
 from shoal.router.programs.pressure import plan_relief
 from shoal.router.programs.registry import (
     ClassForbidden,
@@ -28,7 +39,7 @@ from shoal.router.programs.registry import (
     ProgramRegistry,
     UnknownClass,
 )
-from shoal.router.programs.retention import ANY_TOOL
+from shoal.router.programs.retention import ANY_TOOL, NO_TOOL
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
 
 __all__ = ["ClassForbidden", "ContextTooLong", "ProgramNotFound", "ProgramScheduler", "UnknownClass"]
@@ -238,20 +249,37 @@ class ProgramScheduler(ProgramRegistry):
             return [self._pause(program, engine, now)]
         program.pinned_until = max(program.pinned_until, now + call.retention_s)
         learned = self.retention.ttl_for_tools(self.durations, program.cls.name, program.last_tools)
+        if learned is None and not program.last_tools:
+            learned = 0.0  # a final answer: until a gap after one is seen, the program is done
         if learned is not None and now + learned < program.pinned_until:
             program.pinned_until = now + learned
-            if learned == 0 and call.retention_s > 0 and engine is not None:
-                return [Unpin(program.program_id, program.tenant, engine)]
+            if call.retention_s > 0 and engine is not None:
+                if learned == 0:
+                    return [Unpin(program.program_id, program.tenant, engine)]
+                # the engine pins for the TTL asked with the call: drop it when ours ends
+                heapq.heappush(self._unpins, (program.pinned_until, next(self._seq), program.key))
         return []
+
+    def _unpin_shortened(self, now: float) -> list[Decision]:
+        """Unpin on the engine the pins whose learned TTL ran out before the one the call asked."""
+        out: list[Decision] = []
+        while self._unpins and self._unpins[0][0] <= now:
+            until, _, key = heapq.heappop(self._unpins)
+            program = self._programs.get(key)
+            if (
+                program is not None and not program.calls and program.engine is not None
+                and program.lifecycle is Lifecycle.ACTIVE and program.pinned_until == until
+            ):
+                out.append(Unpin(program.program_id, program.tenant, program.engine))
+        return out
 
     def _admit(
         self, program: Program, call: Call, engines: frozenset[str] | None, chosen: str | None, now: float,
         *, forced: bool,
     ) -> Admit:
         resumed = program.lifecycle is Lifecycle.PAUSED
-        if resumed and program.paused_at is not None:
-            self.counters.resumes[program.cls.name] += 1
-            self.counters.pause_seconds.append((program.cls.name, now - program.paused_at))
+        if resumed:
+            self._end_pause(program, now)
         if forced:
             self.counters.forced_admissions[program.cls.name] += 1
         self.counters.longest_wait_s = max(self.counters.longest_wait_s, now - call.arrived_at)
@@ -273,6 +301,13 @@ class ProgramScheduler(ProgramRegistry):
             program.cls.priority, resumed=resumed, forced=forced,
         )
 
+    def _end_pause(self, program: Program, now: float) -> None:
+        if program.paused_at is not None:
+            self.counters.resumes[program.cls.name] += 1
+            self.counters.pause_seconds.append((program.cls.name, now - program.paused_at))
+        program.lifecycle = Lifecycle.ACTIVE
+        program.paused_at = None
+
     def _without_foreign(self, url: str, cap: EngineCapacity) -> EngineCapacity:
         """The engine's capacity less the KV in use there that these programs do not explain
         (other router replicas' programs, one-off requests). A report lags our own changes (a
@@ -291,6 +326,13 @@ class ProgramScheduler(ProgramRegistry):
         elapsed = now - (program.last_call_end if program.last_call_end is not None else program.last_activity)
         tools = [t for t in program.last_tools if self.durations.count(program.cls.name, t)] or [ANY_TOOL]
         return max(self.retention.remaining(self.durations.samples(program.cls.name, t), elapsed) for t in tools)
+
+    def _overdue(self, program: Program, now: float) -> bool:
+        """Its tools have run longer than every observed run of them: likely gone (crashed)."""
+        elapsed = now - (program.last_call_end if program.last_call_end is not None else program.last_activity)
+        tools = [t for t in program.last_tools if self.durations.count(program.cls.name, t)] or [ANY_TOOL]
+        seen = [self.durations.samples(program.cls.name, t) for t in tools]
+        return all(len(s) >= self.retention.min_samples and max(s) < elapsed for s in seen)
 
     def _retention_for(self, program: Program) -> float:
         """TTL asked with a call, before its tools are known: the class's pooled gaps."""
@@ -325,9 +367,41 @@ class ProgramScheduler(ProgramRegistry):
     def _rebalance(self, now: float) -> list[Decision]:
         decisions = self._expire(now)
         self._kv.expire(self._programs, now)
+        decisions += self._unpin_shortened(now)
         decisions += self._relieve_pressure(now)
-        decisions += self._admit_waiting(now)
-        return decisions
+        admitted, reserved = self._admit_waiting(now)
+        return decisions + admitted + self._resume_acting(now, reserved)
+
+    def _resume_acting(self, now: float, reserved: Mapping[str, int]) -> list[Decision]:
+        """Paused programs between calls get room back as soon as an engine has it under the
+        low watermark, so their next call runs at once: their context counts there again for
+        as long as their tool is expected to run. By class priority, then those expected back
+        soonest; a program whose last response asked for no tool is not expected back (a
+        final answer) unless gaps after such responses were seen. Engines holding room for a
+        waiting call are left to it; a program paused this round stays paused."""
+        paused = [
+            p for p in self._programs.values()
+            if p.lifecycle is Lifecycle.PAUSED and not p.waiting and not p.calls
+            and p.paused_at is not None and p.paused_at < now
+            and (p.last_tools or self.durations.count(p.cls.name, NO_TOOL) >= self.retention.min_samples)
+            and not self._overdue(p, now)
+        ]
+        if not paused or not self._budget:
+            return []
+        free = {url: cap for url, cap in self._budget.items() if url not in reserved}
+        idle = {p.key: self._expected_idle(p, now) for p in paused}
+        out: list[Decision] = []
+        for program in sorted(paused, key=lambda p: (-p.cls.priority, idle[p.key], p.program_id)):
+            engine = resume_target(free, self._kv.ledgers, program, self.config.low_watermark)
+            if engine is None:
+                continue
+            hold = min(idle[program.key], self.retention.max_s) + self.retention.default_s
+            self._end_pause(program, now)
+            program.engine = engine
+            program.pinned_until = now + hold
+            self._kv.sync(program, now)
+            out.append(Resume(program.program_id, program.tenant, engine))
+        return out
 
     def _expire(self, now: float) -> list[Decision]:
         if not self._expiry_due(now):
@@ -363,7 +437,9 @@ class ProgramScheduler(ProgramRegistry):
             out.extend(self._pause(program, url, now) for program in relief.pause)
         return out
 
-    def _admit_waiting(self, now: float) -> list[Decision]:
+    def _admit_waiting(self, now: float) -> tuple[list[Decision], dict[str, int]]:
+        """Admit the waiting calls that fit; also returns the room held per engine for the
+        first call still blocked there."""
         ledgers = self._kv.ledgers
         waiting = sorted(
             ((p, c) for p in self._programs.values() for c in p.waiting.values()),
@@ -422,4 +498,4 @@ class ProgramScheduler(ProgramRegistry):
             if not program.prewarmed:
                 program.prewarmed = True
                 out.append(Prewarm(program.program_id, program.tenant, program.cls.name))
-        return out
+        return out, reserved

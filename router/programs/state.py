@@ -106,7 +106,8 @@ class Program:
     marked: bool = False
     """Over the high watermark while reasoning: paused as soon as its calls end."""
     pinned_until: float = 0.0
-    """The engine keeps its blocks until then (retention after its last call)."""
+    """Its context counts on its engine until then while it acts: the retention after its
+    last call (the engine pins its blocks), or the room held for it by a proactive resume."""
     paused_at: float | None = None
     queued_at: float | None = None
     last_call_end: float | None = None

@@ -4,7 +4,7 @@ This adapter only translates: fleet events become scheduler events with the simu
 clock injected, and the scheduler's decisions are carried out on the fleet the way the
 router's proxy carries them out (Admit: the picker chooses among the allowed engines by
 prefix + load and the call carries the retention TTL; Wait: the call is held; Pause /
-Unpin / Terminate: drop the program's pin there). Engine capacities are refreshed at the
+Unpin / Terminate: drop the program's pin there; Resume: the pause ends). Engine capacities are refreshed at the
 router's scrape interval. No scheduling logic lives here.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bench.sim_programs.policy import Call, Policy, prefix_load_pick
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
-from shoal.router.programs.decisions import Admit, Decision, Pause, Reject, Terminate, Unpin, Wait
+from shoal.router.programs.decisions import Admit, Decision, Pause, Reject, Resume, Terminate, Unpin, Wait
 from shoal.router.programs.scheduler import ProgramScheduler
 from shoal.router.programs.state import EngineCapacity
 
@@ -133,6 +133,8 @@ class ShoalPolicy(Policy):
             elif isinstance(decision, Pause):
                 self.fleet.unpin(int(decision.program_id), self._engine_index(decision.engine))
                 self.fleet.note_pause(int(decision.program_id))
+            elif isinstance(decision, Resume):
+                self.fleet.note_resume(int(decision.program_id))
             elif isinstance(decision, Unpin):
                 self.fleet.unpin(int(decision.program_id), self._engine_index(decision.engine))
             elif isinstance(decision, Terminate):

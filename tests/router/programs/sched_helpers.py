@@ -69,7 +69,11 @@ def start(
     return decision, others
 
 
-def finish(sched: ProgramScheduler, call_id: str, prompt: int, completion: int = 0, tools: Sequence[str] = ()) -> list[Decision]:
+def finish(
+    sched: ProgramScheduler, call_id: str, prompt: int, completion: int = 0, tools: Sequence[str] = ("bash",)
+) -> list[Decision]:
+    """The call ends; its response asks for ``tools`` (default: one tool, the program acts next;
+    ``()``: a final answer)."""
     return sched.call_finished(call_id, prompt_tokens=prompt, completion_tokens=completion, tool_calls=tools)
 
 

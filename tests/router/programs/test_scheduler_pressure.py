@@ -107,6 +107,8 @@ def test_paused_program_resumes_on_its_origin_engine() -> None:
     a1, _ = start(sched, "p1", 300, engine="A")
     assert isinstance(a1, Admit) and a1.engines == frozenset({"A", "B"})
     finish(sched, a1.call_id, 300, 0)
+    filler, _ = start(sched, "f", 700, engine="B")  # B stays busy: p1 has nowhere else to go
+    assert isinstance(filler, Admit)
     a2, _ = start(sched, "p2", 400, engine="A")
     finish(sched, a2.call_id, 400, 0)
     a2b, others = start(sched, "p2", 650)  # sticky to A: 950 there
