@@ -375,10 +375,11 @@ class ProgramScheduler(ProgramRegistry):
     def _resume_acting(self, now: float, reserved: Mapping[str, int]) -> list[Decision]:
         """Paused programs between calls get room back as soon as an engine has it under the
         low watermark, so their next call runs at once: their context counts there again for
-        as long as their tool is expected to run. By class priority, then those expected back
-        soonest; a program whose last response asked for no tool is not expected back (a
-        final answer) unless gaps after such responses were seen. Engines holding room for a
-        waiting call are left to it; a program paused this round stays paused."""
+        as long as their tool is expected to run. By class priority, then longest paused first
+        (the pauses' tail is what clients feel). Not resumed: a program whose last response
+        asked for no tool (a final answer) unless gaps after such responses were seen, and one
+        whose tool ran longer than every observed run of it (likely gone). Engines holding
+        room for a waiting call are left to it; a program paused this round stays paused."""
         paused = [
             p for p in self._programs.values()
             if p.lifecycle is Lifecycle.PAUSED and not p.waiting and not p.calls
@@ -389,13 +390,12 @@ class ProgramScheduler(ProgramRegistry):
         if not paused or not self._budget:
             return []
         free = {url: cap for url, cap in self._budget.items() if url not in reserved}
-        idle = {p.key: self._expected_idle(p, now) for p in paused}
         out: list[Decision] = []
-        for program in sorted(paused, key=lambda p: (-p.cls.priority, idle[p.key], p.program_id)):
+        for program in sorted(paused, key=lambda p: (-p.cls.priority, p.paused_at or 0.0, p.program_id)):
             engine = resume_target(free, self._kv.ledgers, program, self.config.low_watermark)
             if engine is None:
                 continue
-            hold = min(idle[program.key], self.retention.max_s) + self.retention.default_s
+            hold = min(self._expected_idle(program, now), self.retention.max_s) + self.retention.default_s
             self._end_pause(program, now)
             program.engine = engine
             program.pinned_until = now + hold

@@ -89,3 +89,21 @@ def test_a_pin_shortened_by_the_learned_ttl_is_dropped_on_the_engine_when_it_end
     assert [d for d in sched.tick() if isinstance(d, Unpin)] == [Unpin("p1", "t", "A")]
     assert sched.working_sets()["A"] == 0
     assert not admits(sched.tick())
+
+
+def test_the_longest_paused_program_resumes_first_when_room_is_scarce() -> None:
+    sched, clock = make(retention_default_s=60.0)
+    for pid, tokens in (("w", 100), ("y", 300), ("z", 300)):
+        admit, _ = start(sched, pid, tokens)
+        assert isinstance(admit, Admit)
+        finish(sched, admit.call_id, tokens, 0)
+        clock.advance(0.5)
+    a3, others = start(sched, "w", 350)  # 950 on A: z leaves (expected back last)
+    assert pauses(others) == ["z"]
+    clock.advance(1)
+    finish(sched, a3.call_id, 360, 0)  # 660: no room for z yet
+    a3, others = start(sched, "w", 700)  # 1000: y leaves too
+    assert pauses(others) == ["y"]
+    clock.advance(1)
+    resumed = [d for d in finish(sched, a3.call_id, 400, 0) if isinstance(d, Resume)]
+    assert resumed == [Resume("z", "t", "A")]  # room for one of them: the one paused first
