@@ -162,9 +162,9 @@ def write_report(
         "completion = program start to its last response (programs started after warm-up); hit rate = prompt tokens "
         "found in the cache at a call's first admission / prompt tokens; recomputed = prompt tokens computed again "
         "that the program had computed before (evicted context, preemptions); pause = a program's time from pause "
-        "to resume (still paused at the end: counted to the end; Shoal resumes a program paused in its tool when its "
-        "next call is admitted, so this includes tool time, while ThunderAgent also resumes paused acting programs on "
-        "its tick without a call); call wait = time a call was held by the policy before "
+        "to resume (still paused at the end: counted to the end; both Shoal and ThunderAgent resume a program "
+        "paused in its tool either when its next call is admitted or, without a call, as soon as room frees: Shoal "
+        "on any event or deadline, ThunderAgent on its 5 s tick); call wait = time a call was held by the policy before "
         "reaching an engine (p99 over calls, and the longest; still held at the end: counted to the end).",
         "",
         f"## Concurrency sweep ({sweep_regime} tools, clients release)",
