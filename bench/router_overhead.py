@@ -345,8 +345,11 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict[str, floa
         "from run to run; the medians are stable.",
         "- At 512 streams the upstream emits 25,600 chunks/s; the router (one Python process, one core at most) "
         "saturates, which shows as queueing (added TTFT and per-token gap grow). Router CPU per request falls as "
-        "the fixed per-request work is shared out; at 1 stream it is dominated by background polling (metrics "
-        "scrapes every 0.5 s) spread over few requests.",
+        "the fixed per-request work is shared out; at 1 stream it is dominated by background polling (`/health` "
+        "and `/metrics` every 0.5 s) spread over few requests.",
+        "- Each request is templated and tokenized (SmolLM2's chat template and tokenizer, about 0.3-0.5 ms for "
+        "these prompts, on the event loop for bodies up to 2 KB, in a thread pool above): the burst row pays it "
+        "64 times at one moment, which is most of its added p99.",
         "- The data path uses aiohttp's keep-alive pool (`router/upstream.py`); with httpx/httpcore on that "
         "path, router CPU per request at 64 streams was 10.7 ms (httpcore's pool scans every connection on "
         "each request).",
