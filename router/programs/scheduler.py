@@ -42,6 +42,10 @@ from shoal.router.programs.registry import (
 from shoal.router.programs.retention import ANY_TOOL, NO_TOOL
 from shoal.router.programs.state import Call, EngineCapacity, Lifecycle, Program
 
+RESUME_SLACK_S = 2.0
+"""A program resumed between calls keeps its room this long past its tool's expected end
+(a late call still finds it; one later still is admitted anyway, as an active program)."""
+
 __all__ = ["ClassForbidden", "ContextTooLong", "ProgramNotFound", "ProgramScheduler", "UnknownClass"]
 
 
@@ -395,7 +399,7 @@ class ProgramScheduler(ProgramRegistry):
             engine = resume_target(free, self._kv.ledgers, program, self.config.low_watermark)
             if engine is None:
                 continue
-            hold = min(self._expected_idle(program, now), self.retention.max_s) + self.retention.default_s
+            hold = min(self._expected_idle(program, now), self.retention.max_s) + RESUME_SLACK_S
             self._end_pause(program, now)
             program.engine = engine
             program.pinned_until = now + hold

@@ -32,7 +32,8 @@ def test_a_paused_acting_program_resumes_when_room_frees_and_its_call_runs_at_on
     assert resumed == [Resume("p1", "t", "A")]
     program = sched.find("p1", "t")
     assert program is not None and program.lifecycle is Lifecycle.ACTIVE
-    assert sched.working_sets()["A"] == 300  # its room is held for it
+    assert sched.working_sets()["A"] == 300  # its room is held for it: its tool's expected
+    assert sched.view("p1", "t").pinned_for_s == 58.0  # rest (60 s default - 4 s run) + 2 s slack
     assert sched.counters.resumes["agents"] == 1 and sched.counters.pause_seconds[-1][1] == 4.0
     back, _ = start(sched, "p1", 320)
     assert isinstance(back, Admit) and back.engines == frozenset({"A"}) and not back.resumed
