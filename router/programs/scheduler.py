@@ -384,6 +384,9 @@ class ProgramScheduler(ProgramRegistry):
         asked for no tool (a final answer) unless gaps after such responses were seen, and one
         whose tool ran longer than every observed run of it (likely gone). Engines holding
         room for a waiting call are left to it; a program paused this round stays paused."""
+        free = {url: cap for url, cap in self._budget.items() if url not in reserved}
+        if not free or headroom(free, self._kv.ledgers, self.config.low_watermark, {}) <= 0:
+            return []  # the common case under pressure: no look at the paused programs
         paused = [
             p for p in self._programs.values()
             if p.lifecycle is Lifecycle.PAUSED and not p.waiting and not p.calls
@@ -391,9 +394,6 @@ class ProgramScheduler(ProgramRegistry):
             and (p.last_tools or self.durations.count(p.cls.name, NO_TOOL) >= self.retention.min_samples)
             and not self._overdue(p, now)
         ]
-        if not paused or not self._budget:
-            return []
-        free = {url: cap for url, cap in self._budget.items() if url not in reserved}
         out: list[Decision] = []
         for program in sorted(paused, key=lambda p: (-p.cls.priority, p.paused_at or 0.0, p.program_id)):
             engine = resume_target(free, self._kv.ledgers, program, self.config.low_watermark)
