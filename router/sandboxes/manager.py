@@ -92,6 +92,8 @@ class SandboxManager:
         self.metrics = metrics or SandboxMetrics()
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._creating: set[str] = set()
+        """Sandboxes being created in a thread right now (not orphans, whatever recover() finds)."""
         self.warm = WarmPool(self.backend.check, self._create_warm, self._destroy, self._room, self._spawn)
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_preparations)
         self._background: set[asyncio.Task[Any]] = set()
@@ -287,10 +289,12 @@ class SandboxManager:
 
     async def recover(self) -> int:
         """Remove every sandbox of this router the backend finds that this manager does not hold."""
-        held = self.warm.ids()
+        existing = await self._blocking(self.backend.list_existing)
+        # What this manager holds is read after the listing: creations may start during it.
+        held = self.warm.ids() | self._creating
         held |= {e.task.result().sandbox_id for e in self._entries.values()
                  if e.task is not None and e.task.done() and not e.task.cancelled() and e.task.exception() is None}  # fmt: skip
-        orphans = [sb for sb in await self._blocking(self.backend.list_existing) if sb.sandbox_id not in held]
+        orphans = [sb for sb in existing if sb.sandbox_id not in held]
         for sb in orphans:
             log.info("removing orphaned sandbox %s (program %s)", sb.sandbox_id, sb.program_id)
             await self._destroy(sb, "orphan")
@@ -336,7 +340,11 @@ class SandboxManager:
         """A new sandbox and the seconds its creation and preparation took."""
         began = self.clock()
         sandbox_id = f"sb-{uuid.uuid4().hex[:16]}"
-        sandbox = await self._in_thread(self.backend.create, sandbox_id, cls, program_id)
+        self._creating.add(sandbox_id)
+        try:
+            sandbox = await self._in_thread(self.backend.create, sandbox_id, cls, program_id)
+        finally:
+            self._creating.discard(sandbox_id)
         seconds = self.clock() - began
         self.metrics.prepare_seconds.observe(seconds)
         return sandbox, seconds

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from _sandbox_helpers import FakeBackend, FakeClock, make_class
 from prometheus_client import generate_latest
 
-from shoal.router.sandboxes.backend import SandboxError
+from shoal.router.programs.config import ProgramClassConfig
+from shoal.router.sandboxes.backend import Sandbox, SandboxError
 from shoal.router.sandboxes.manager import SandboxDiskFull, SandboxLimitReached, SandboxManager, UnknownTool
 from shoal.router.sandboxes.settings import SandboxSettings
 
@@ -114,6 +116,38 @@ async def test_recover_removes_what_it_does_not_hold() -> None:
         await first.run_tool(f"p{i}", make_class(), "sh", b"")
     second = manager(backend)  # a restarted router over the same backend
     assert await second.recover() == 3 and backend.alive == {}
+
+
+class EarlyRecordBackend(FakeBackend):
+    """Like the local backend: the sandbox's record exists before its preparation ends."""
+
+    def create(self, sandbox_id: str, cls: ProgramClassConfig, program_id: str | None) -> Sandbox:
+        with self._lock:
+            self.alive[sandbox_id] = Sandbox(sandbox_id, cls.name, program_id, f"fake/{sandbox_id}")
+        time.sleep(self.prepare_s)
+        with self._lock:
+            if sandbox_id not in self.alive:
+                raise SandboxError("its directory vanished during preparation")
+            self.created += 1
+            return self.alive[sandbox_id]
+
+    def list_existing(self) -> list[Sandbox]:
+        time.sleep(self.prepare_s / 2)  # a slow listing: creations may start meanwhile
+        with self._lock:
+            return list(self.alive.values())
+
+
+async def test_recover_spares_sandboxes_being_created() -> None:
+    """At start-up the warm pool may already be preparing when orphans are collected (regression:
+    recover() removed the half-made warm sandbox, whose preparation then failed)."""
+    backend = EarlyRecordBackend(prepare_s=0.2)
+    m = manager(backend)
+    recovering = asyncio.ensure_future(m.recover())
+    await asyncio.sleep(0.02)  # the listing is underway in a thread
+    m.set_classes([make_class(warm_pool_size=1)])  # a creation starts meanwhile, its record visible at once
+    assert await recovering == 0
+    await settle(m)
+    assert m.states()["warm"] == 1 and len(backend.alive) == 1 and backend.created == 1
 
 
 async def test_limits_unknown_tool_and_lowered_call_limits() -> None:
