@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Counter
 from shoal.router.config import TimeoutsConfig
 from shoal.router.errors import (
     RouterError,
-    payload_too_large,
     sse_error_event,
     upstream_failed,
     upstream_timeout,
 )
 from shoal.router.peers import PeerSet
+from shoal.router.request_body import read_body
 from shoal.router.upstream import UpstreamClient, UpstreamConnectError, UpstreamError
 
 log = logging.getLogger("shoal.router.peers")
@@ -147,7 +147,7 @@ class PeerForwarder:
             return receive
         assert program_id is not None
         try:
-            body = await _read_all(receive, max_body)
+            body = await read_body(receive, max_body)
         except RouterError as err:
             await err.response()(scope, _replay(b""), send)
             return None
@@ -227,22 +227,6 @@ def program_id_of_path(path: str) -> str | None:
         rest = rest[: -len("/release")]
     rest = unquote(rest)
     return rest if rest and rest not in _LOCAL_PROGRAM_PATHS else None
-
-
-async def _read_all(receive: Receive, limit: int) -> bytes | None:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 class _Captured:

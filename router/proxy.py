@@ -42,6 +42,7 @@ from shoal.router.pool import PoolRuntime
 from shoal.router.programs.gateway import CallTicket, ProgramGateway
 from shoal.router.programs.response import ResponseObserver
 from shoal.router.reliability import SERVER_ERROR_STATUS, RetryPolicy
+from shoal.router.request_body import read_body
 from shoal.router.routes import RouteTable
 from shoal.router.tenancy import PRIORITY_HEADER, SALT_HEADER, TENANT_HEADER, Tenancy
 from shoal.router.tokenization import PromptDigest
@@ -121,19 +122,10 @@ async def _read_body_parts(receive: Receive, headers: dict[str, str], limit: int
                 raise payload_too_large(limit)
         except ValueError:
             raise bad_request("invalid Content-Length header") from None
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    body = await read_body(receive, limit)
+    if body is None:
+        raise _ClientGone
+    return body
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
