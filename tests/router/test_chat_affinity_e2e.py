@@ -19,7 +19,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_chat_contract import SEARCH, WEATHER, build_agent_model
-from test_real_engines import EngineProc, _free_port, config, start_router
+from test_real_engines import EngineProc, config, running_engines, start_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,16 +30,8 @@ DIGEST_INTERVAL_S = 0.1
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EngineProc]]:
     tmp = tmp_path_factory.mktemp("chat-affinity")
     model = build_agent_model(tmp / "tiny")
-    procs = [EngineProc(model, _free_port(), tmp / f"engine{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.wait_ready()
+    with running_engines(model, tmp) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop()
 
 
 async def _requests_by_endpoint(router_url: str) -> dict[str, float]:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from _fakes import Served
-from test_real_engines import ROOT, EngineProc, _free_port, config, start_router
+from test_real_engines import ROOT, EngineProc, config, running_engines, start_router
 
 pytestmark = pytest.mark.integration
 ENGINE_KEY = "sk-engine-secret"
@@ -29,16 +29,8 @@ def keyed_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Eng
 
     tmp = tmp_path_factory.mktemp("keyed-engines")
     model = build_tiny_checkpoint("llama", tmp / "tiny")
-    procs = [EngineProc(model, _free_port(), tmp / f"engine{i}.log", ("--api-key", ENGINE_KEY)) for i in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.wait_ready()
+    with running_engines(model, tmp, extra_args=("--api-key", ENGINE_KEY)) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ in-process. The fault test (kill + restart an engine) is in the slow tier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -72,14 +73,10 @@ class EngineProc:
                 self.proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EngineProc]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support.tiny_models import build_tiny_checkpoint
-
-    tmp = tmp_path_factory.mktemp("real-engines")
-    model = build_tiny_checkpoint("llama", tmp / "tiny")
-    procs = [EngineProc(model, _free_port(), tmp / f"engine{i}.log") for i in range(2)]
+@contextlib.contextmanager
+def running_engines(model: Path, tmp: Path, count: int = 2, extra_args: tuple[str, ...] = ()) -> Iterator[list[EngineProc]]:
+    """``count`` engine processes on ``model``, started together, ready, stopped on exit."""
+    procs = [EngineProc(model, _free_port(), tmp / f"engine{i}.log", extra_args) for i in range(count)]
     for p in procs:
         p.start()
     try:
@@ -89,6 +86,17 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EnginePro
     finally:
         for p in procs:
             p.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EngineProc]]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.tiny_models import build_tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("real-engines")
+    model = build_tiny_checkpoint("llama", tmp / "tiny")
+    with running_engines(model, tmp) as procs:
+        yield procs
 
 
 def config(urls: list[str], picker: str = "max-score", **extra: Any) -> RouterConfig:
