@@ -168,4 +168,8 @@ def _template_kwargs(kwargs: Any) -> dict[str, Any]:
     reserved = sorted(RESERVED_TEMPLATE_VARS & set(kwargs))
     if reserved:
         raise ValueError(f"'chat_template_kwargs' may not set {reserved}")
+    # Template variables are names: anything else can only break the renderer's call.
+    bad = sorted(k for k in kwargs if not k.isidentifier() or k.startswith("_"))
+    if bad:
+        raise ValueError(f"'chat_template_kwargs' keys must be template variable names, got {bad[:3]}")
     return dict(kwargs)

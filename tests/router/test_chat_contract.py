@@ -179,6 +179,8 @@ def test_normalization_semantics() -> None:
           "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "unknown function"),
         ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"messages": []}}, "may not set"),
         ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": [1]}, "must be an object"),
+        ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"": 1}}, "variable names"),
+        ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"a-b": 1}}, "variable names"),
         ({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": "yes"}, "boolean"),
     ],
 )

@@ -38,6 +38,8 @@ def cases(model: str, max_model_len: int, max_body_bytes: int) -> list[Case]:
         Case("max_tokens float", chat, {"messages": user, "max_tokens": 1.5}, 400, "max_tokens"),
         Case("n huge", cmpl, {"prompt": "x", "n": 1000}, 400, "n"),
         Case("n zero", chat, {"messages": user, "n": 0}, 400, "n"),
+        Case("template kwarg not a name", chat, {"messages": user, "chat_template_kwargs": {"": 1}}, 400,
+             "messages", "variable names"),
         Case("temperature negative", chat, {"messages": user, "temperature": -1}, 400, "temperature"),
         Case("temperature string", chat, {"messages": user, "temperature": "hot"}, 400, "temperature"),
         Case("top_p zero", chat, {"messages": user, "top_p": 0}, 400, "top_p"),
