@@ -36,6 +36,7 @@ from bench.sim_programs.engine import EngineSpec
 from bench.sim_programs.policies.thunderagent import ThunderAgent
 from bench.sim_programs.real_harness import RealHarness
 from bench.sim_programs.workload import ClientMode, Regime, ToolDist, WorkloadSpec
+from tests.support.processes import wait_healthy
 
 MODEL = "bundled:smollm2-135m-instruct"
 SERVED = "smollm2"
@@ -130,26 +131,14 @@ class RealStats:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
+READY_TIMEOUT_S = 240.0
+"""Bundled-model engines on shared cores can take minutes to come up."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not healthy after {timeout_s:.0f} s (log: {log})")
-        time.sleep(0.2)
 
 
 @contextmanager
@@ -169,7 +158,7 @@ def servers(params: RealParams, workdir: Path) -> Iterator[tuple[str, list[str]]
                      "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env))
             urls.append((f"http://127.0.0.1:{port}", procs[-1], log))
         for url, proc, log in urls:
-            _wait_healthy(url, proc, log)
+            wait_healthy(url, proc, log, READY_TIMEOUT_S)
         port = _free_port()
         config = {
             "listen": {"host": "127.0.0.1", "port": port},
@@ -185,7 +174,7 @@ def servers(params: RealParams, workdir: Path) -> Iterator[tuple[str, list[str]]
                 [sys.executable, "-m", "shoal.router", "--config", str(workdir / "router.json")],
                 stdout=out, stderr=subprocess.STDOUT, env=env))
         router = f"http://127.0.0.1:{port}"
-        _wait_healthy(router, procs[-1], log)
+        wait_healthy(router, procs[-1], log, READY_TIMEOUT_S)
         yield router, [u for u, _, _ in urls]
     finally:
         for proc in procs:

@@ -12,11 +12,8 @@ The fake engine always answers 200, so any 5xx comes from the router itself. Run
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -35,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "router"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
 
 from _fakes import FakeEngine
+from server_helpers import serve_in_thread
 
 from shoal.router.app import create_app
 from shoal.router.config import RouterConfig
@@ -57,40 +54,16 @@ def _only_when_selected(request: pytest.FixtureRequest) -> None:
         pytest.skip("fuzz tier: run with -m fuzz (make test-fuzz)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve(app: Any, **extra: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **extra))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def router_url() -> Iterator[str]:
-    with _serve(FakeEngine("fuzz-engine", models=("fuzz",)).app()) as engine_url:
+    with serve_in_thread(FakeEngine("fuzz-engine", models=("fuzz",)).app()) as engine_url:
         cfg = RouterConfig.model_validate({
             "pools": [{"name": "fuzz", "models": ["fuzz"], "endpoints": {"static": [engine_url]},
                        "tokenizer": {"source": "none"}}],
             "health": {"scrapeIntervalS": 0.2},
             "timeouts": {"clientHeaderS": 5, "clientBodyS": 5},
         })
-        with _serve(create_app(cfg), **uvicorn_settings(cfg)) as url:
+        with serve_in_thread(create_app(cfg), **uvicorn_settings(cfg)) as url:
             with httpx.Client(base_url=url) as client:
                 for _ in range(100):
                     if client.get("/health").status_code == 200:

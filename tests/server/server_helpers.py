@@ -42,14 +42,15 @@ def build_app(engine: FakeEngine | None = None, **settings: Any) -> Any:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, limits: ServerSettings | None = None) -> Iterator[str]:
+def serve_in_thread(app: Any, limits: ServerSettings | None = None, **uvicorn_kwargs: Any) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL.
 
-    With ``limits``, uvicorn runs as ``serve`` runs it (the engine's HTTP protocol limits).
+    With ``limits``, uvicorn runs as ``serve`` runs it (the engine's HTTP protocol limits);
+    ``uvicorn_kwargs`` go to ``uvicorn.Config`` otherwise (e.g. the router's own settings).
     """
     port = free_port()
     if limits is None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_kwargs)
     else:
         config = uvicorn_config(app, limits, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
