@@ -24,8 +24,10 @@ import httpx
 import psutil
 
 from shoal.operator.kube import DEPLOYMENTS, MODELPOOLS, PDBS, SERVICES
-from shoal.operator.testing.api import Api, OperatorProcess, wait_for
-from shoal.operator.testing.kmock_cluster import KmockCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test scaffolding lives in tests/support
+from support.api import Api, OperatorProcess, wait_for
+from support.kmock_cluster import KmockCluster
 
 NAMESPACE = "bench"
 TARGET_P99_S = 2.0
@@ -158,7 +160,7 @@ Command: `{command}`
 Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), load average at the end {load};
 Python {platform.python_version()}, {platform.system()} {platform.release()}.
 
-Setup: the kmock API emulator (`shoal.operator.testing.kmock_cluster`) in the bench process; the
+Setup: the kmock API emulator (`support.kmock_cluster`) in the bench process; the
 operator (`python -m shoal.operator operator`, kopf) as a subprocess. All {r["pools"]} ModelPools are
 POSTed concurrently (spread {r["create_spread_s"]:.2f} s); the bench watches Deployments, Services,
 PodDisruptionBudgets and ModelPools (watch streams, no polling). kmock runs no controllers, so

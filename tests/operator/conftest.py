@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.operator.testing.api import Api, OperatorProcess, wait_for
-from shoal.operator.testing.fake_router import FakeRouters, FakeRouterServer
-from shoal.operator.testing.kmock_cluster import KmockCluster
+from support.api import Api, OperatorProcess, wait_for
+from support.fake_router import FakeRouters, FakeRouterServer
+from support.kmock_cluster import KmockCluster
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from shoal.operator.builders.modelpool import pool_children
 from shoal.operator.builders.program_class import program_class
 from shoal.operator.builders.router import router_children
 from shoal.operator.builders.router_config import kubernetes_endpoints, render
-from shoal.operator.testing.tools import ensure_tool
+from support.tools import ensure_tool
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "shoal"
 K8S_VERSION = "1.32.0"

@@ -21,8 +21,8 @@ import yaml
 from shoal.operator.local_plan import plan_stack
 from shoal.operator.local_runtime import RunState
 from shoal.operator.manifests import ManifestError, load_stack
-from shoal.operator.testing.api import wait_for
-from shoal.operator.testing.up import Up, assert_gone
+from support.api import wait_for
+from support.up import Up, assert_gone
 
 REPO = Path(__file__).resolve().parents[2]
 POOL: dict[str, Any] = {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelPool", "metadata": {"name": "smol"},
@@ -120,7 +120,7 @@ def test_plan_passes_the_engine_key_by_environment(tmp_path: Path) -> None:
     assert config["upstream"] == {"apiKeyEnv": "SHOAL_UPSTREAM_API_KEY"}
 
 
-FAKE = ("--engine-module", "shoal.operator.testing.fake_engine")
+FAKE = ("--engine-module", "support.fake_engine")
 
 
 @pytest.mark.integration

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.operator.testing.api import REPO_ROOT, wait_for
-from shoal.operator.testing.up import Up, assert_gone
+from support.api import REPO_ROOT, wait_for
+from support.up import Up, assert_gone
 
 pytestmark = pytest.mark.integration
 

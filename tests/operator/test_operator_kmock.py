@@ -29,8 +29,8 @@ from shoal.operator.kube import (
     SERVICEACCOUNTS,
     SERVICES,
 )
-from shoal.operator.testing.api import Api, OperatorProcess, condition, wait_for
-from shoal.operator.testing.fake_router import FakeRouters
+from support.api import Api, OperatorProcess, condition, wait_for
+from support.fake_router import FakeRouters
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ tool calls, so it never calls a tool (see examples/agent/README.md).
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shoal.operator.testing.api import wait_for
-from shoal.operator.testing.up import Up
+from support.api import wait_for
+from support.up import Up
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -38,7 +39,7 @@ def test_example_agent_completes_a_task_and_leaves_no_sandbox(tmp_path: Path, mo
     folder.mkdir()
     shutil.copy(REPO / "crds" / "examples" / "local" / "smollm2.yaml", folder / "smollm2.yaml")
     shutil.copy(AGENT / "agentprogram.yaml", folder / "agentprogram.yaml")
-    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the scripted model's module, for `python -m`
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join((str(HERE), os.environ.get("PYTHONPATH", ""))))  # the scripted model, for `python -m`
     up = Up(tmp_path, folder, "--engine-module", "scripted_engine")
     try:
         state = up.wait_ready()

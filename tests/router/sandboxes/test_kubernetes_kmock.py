@@ -18,12 +18,12 @@ import yaml
 from _kube_fakes import NS, FakeExec, image_class
 from _sandbox_helpers import FakeClock
 
-from shoal.operator.testing.kmock_cluster import KmockCluster
 from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import SandboxError
 from shoal.router.sandboxes.kubernetes import _SWEEP, RBAC_RULES, KubernetesBackend
 from shoal.router.sandboxes.manager import SandboxManager
 from shoal.router.sandboxes.settings import SandboxSettings
+from support.kmock_cluster import KmockCluster
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from shoal.operator.local_runtime import RunState, free_ports, pid_alive
-from shoal.operator.testing.api import REPO_ROOT, wait_for
+from support.api import REPO_ROOT, wait_for
 
 
 class Up:

@@ -1,6 +1,6 @@
 """A stand-in engine replica for fast ``shoal up`` tests: same CLI, canned OpenAI answers, starts instantly.
 
-``python -m shoal.operator.testing.fake_engine serve --model M --served-model-name N --host H --port P ...``
+``python -m support.fake_engine serve --model M --served-model-name N --host H --port P ...``
 (other engine flags are accepted and ignored). Serves /health, /metrics, /v1/models and
 /v1/chat/completions (the answer is always "Paris."). Exits on SIGTERM.
 """

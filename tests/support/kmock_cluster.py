@@ -7,7 +7,7 @@ deleting an object deletes its dependents by ``ownerReferences`` (the garbage co
 server-side apply creates a missing object; a failed JSON-patch ``test`` is a 422. There
 are still no controllers (Deployments never get pods), no label selectors and no schema checks.
 
-``python -m shoal.operator.testing.kmock_cluster --kubeconfig PATH`` serves one until interrupted.
+``python -m support.kmock_cluster --kubeconfig PATH`` serves one until interrupted.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def kubeconfig_text(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shoal.operator.testing.kmock_cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m support.kmock_cluster", description=__doc__)
     parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--keda", action="store_true", help="also serve keda.sh/v1alpha1 ScaledObjects")
