@@ -18,6 +18,7 @@ from shoal.engine.sampler import SampleResult
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shoal.engine.sequence import Sequence
+from shoal.engine.structured import GrammarCompiler, advance
 
 logger = logging.getLogger("shoal.engine")
 
@@ -53,6 +54,8 @@ class LLMEngine:
             on_finish=self.programs.on_finish,
         )
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
+        self.grammars = GrammarCompiler(self.tokenizer, self.runner.model_config.vocab_size, self.eos_token_ids)
+        """Structured-output grammars; the server compiles through it off the engine thread."""
         self._requests: dict[str, RequestState] = {}
         self._arrivals = itertools.count()
         self._prompt_tokens = 0
@@ -113,6 +116,8 @@ class LLMEngine:
             cache_salt=cache_salt,
             tenant=tenant,
         )
+        if params.structured is not None:
+            seq.matcher = self.grammars.matcher(params.structured)
         state.add_sequence(seq)
         self._requests[request_id] = state
         self._prompt_tokens += len(prompt_token_ids)
@@ -220,13 +225,25 @@ class LLMEngine:
                 cache_salt=parent.cache_salt,
                 tenant=parent.tenant,
             )
+            if parent.matcher is not None:  # the parent has not consumed its own first token yet
+                child.matcher = parent.matcher.deep_copy()
             state.add_sequence(child)
             self.scheduler.fork(parent, child)
             self._accept(state, child, result.token_id, result.logprobs)
 
     def _accept(self, state: RequestState, seq: Sequence, token_id: int, logprobs: dict[int, float] | None) -> None:
         self._generation_tokens += 1
+        grammar_done = False
+        if seq.matcher is not None:
+            if not advance(seq.matcher, token_id):
+                self.scheduler.finish(seq, "abort")  # unreachable while the mask holds: never emit past it
+                state.flush(seq.index)
+                return
+            grammar_done = seq.matcher.is_stopped()
         self.scheduler.append_token(seq, token_id, self.eos_token_ids)
+        if grammar_done and not seq.is_finished:
+            # nothing but EOS could follow: end now instead of spending a step on it
+            self.scheduler.finish(seq, "stop")
         stop = state.on_token(seq.index, token_id, logprobs)
         if stop is None:
             if seq.is_finished:

@@ -18,6 +18,7 @@ from shoal.engine.loader import load_model
 from shoal.engine.sampler import SampleResult, SamplingRow, sample
 from shoal.engine.scheduler import ScheduledSequence
 from shoal.engine.sequence import Sequence
+from shoal.engine.structured import GrammarMasks
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -75,6 +76,7 @@ class ModelRunner:
                 self.model, self.ops, self.kv_caches, config.max_num_seqs, -(-max_len // self.block_size)
             )
         self._generators: dict[tuple[str, int], torch.Generator] = {}
+        self.grammar_masks = GrammarMasks(mc.vocab_size)
         self._seed_source = torch.Generator().manual_seed(config.seed)
 
     def _blocks_for_memory(self, gigabytes: float) -> int:
@@ -141,6 +143,8 @@ class ModelRunner:
             max_q_len=max(s.num_tokens for s in scheduled),
             max_context_len=max(context_lens),
         )
+        # [structured] constrained rows' masks are computed on the CPU while the model runs
+        masks = self.grammar_masks.start([r.seq.matcher for r in requests], [r.num_samples for r in requests])
         ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
         # [kernel-runtime] Steps of one token per sequence replay a captured graph when one fits.
@@ -171,6 +175,8 @@ class ModelRunner:
                 )
         if len(expanded) != len(requests):
             logits = logits[torch.tensor(expanded, device=dev)]
+        if masks is not None:
+            logits = masks.apply(logits)
         results = sample(logits, sampling_rows, self.ops)
         grouped: list[list[SampleResult]] = []
         pos = 0

@@ -3,6 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+StructuredKind = Literal["json_schema", "json_object", "regex", "lark"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A grammar the generated text must match; ``shoal.engine.structured`` compiles it.
+
+    Plain data (the router imports this module): the engine turns it into a token mask
+    per step. ``value`` is the JSON schema as JSON text (``json_schema``), the pattern
+    (``regex``), an llguidance Lark grammar (``lark``) or empty (``json_object``).
+    """
+
+    kind: StructuredKind
+    value: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_schema", "json_object", "regex", "lark"):
+            raise ValueError(f"structured output kind must be json_schema, json_object, regex or lark, got {self.kind!r}")
+        if self.kind != "json_object" and not self.value:
+            raise ValueError(f"a {self.kind} structured output needs a non-empty value")
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,8 @@ class SamplingParams:
     logprobs: int | None = None
     """Return this many top logprobs per generated token (plus the sampled one)."""
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None
+    """Constrain the output to a grammar (JSON schema, JSON object, regex, tool-call format)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +99,9 @@ class SamplingParams:
             raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.structured is not None and (self.min_tokens or self.ignore_eos):
+            # the grammar decides where the output ends; forcing it on would leave no legal token
+            raise ValueError("min_tokens and ignore_eos cannot be combined with a structured output")
 
     @property
     def greedy(self) -> bool:

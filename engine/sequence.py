@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from shoal.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 _seq_ids = itertools.count()
 
@@ -64,6 +68,9 @@ class Sequence:
         self.pending_fork = params.n > 1 and index == 0
         """True for the leader of an n>1 request until its prompt is done and it forks."""
         self.waiting_steps = 0
+        self.matcher: LLMatcher | None = None
+        """Grammar state of a structured output (``params.structured``), advanced on each accepted
+        token; preemption keeps the output tokens, so the state stays valid through recompute."""
 
     def __len__(self) -> int:
         return len(self.token_ids)
