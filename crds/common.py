@@ -57,6 +57,9 @@ class Reason(StrEnum):
     # Runtime trouble.
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     ROLLOUT_STALLED = "RolloutStalled"
+    CHILD_MISSING = "ChildMissing"
+    CHILD_REJECTED = "ChildRejected"
+    """The API server refused a child (e.g. 422 Invalid, 403 Forbidden); retried with backoff."""
     # Invalid specs (never retried until the spec changes).
     SPEC_INVALID = "SpecInvalid"
     MODEL_SOURCE_INVALID = "ModelSourceInvalid"
