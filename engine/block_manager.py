@@ -113,15 +113,22 @@ class BlockManager:
             self.prefix_cache_queries += len(seq.token_ids)
             self.prefix_cache_hits += cached
 
-    def can_append(self, seq: Sequence) -> bool:
-        return seq.num_blocks_needed(self.block_size) - len(seq.block_table) <= self.num_free_blocks
+    def can_append(self, seq: Sequence, extra: int = 0) -> bool:
+        needed = seq.num_blocks_needed(self.block_size, len(seq) + extra)
+        return needed - len(seq.block_table) <= self.num_free_blocks
 
-    def append_slots(self, seq: Sequence) -> None:
-        """Grow ``seq``'s block table to cover all its tokens (decode)."""
-        missing = seq.num_blocks_needed(self.block_size) - len(seq.block_table)
+    def append_slots(self, seq: Sequence, extra: int = 0) -> None:
+        """Grow ``seq``'s block table to cover all its tokens (decode) and ``extra`` drafted ones."""
+        missing = seq.num_blocks_needed(self.block_size, len(seq) + extra) - len(seq.block_table)
         if missing > self.num_free_blocks:
             raise NoFreeBlocksError(f"need {missing} blocks, {self.num_free_blocks} free")
         seq.block_table.extend(self._take_free_block() for _ in range(missing))
+
+    def trim(self, seq: Sequence) -> None:
+        """Free the blocks past ``seq``'s tokens (they held drafted tokens that were rejected)."""
+        keep = seq.num_blocks_needed(self.block_size)
+        while len(seq.block_table) > keep:
+            self._unref(seq.block_table.pop())
 
     def fork(self, parent: Sequence, child: Sequence) -> bool:
         """Share ``parent``'s full computed blocks with ``child`` (n>1 samples).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from shoal.engine.config import EngineConfig
+from shoal.engine.spec.config import SpeculationConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="KV blocks one tenant's program pins may hold (default: a quarter of the pool)",
     )  # fmt: skip
     parser.add_argument("--max-retention-s", type=float, default=600.0, help="cap on program retention (seconds)")
+    spec = SpeculationConfig()
+    parser.add_argument(
+        "--speculation", default=None, choices=["trie"],
+        help="lossless speculative decoding: 'trie' drafts from the request's own text and a trie learned from traffic",
+    )  # fmt: skip
+    parser.add_argument("--spec-max-draft-tokens", type=int, default=spec.max_draft_tokens,
+                        help="most drafted tokens verified per sequence per step")  # fmt: skip
+    parser.add_argument("--spec-max-batch-size", type=int, default=spec.max_batch_size,
+                        help="no speculation when more sequences than this decode in a step")  # fmt: skip
+    parser.add_argument("--spec-global-trie-nodes", type=int, default=spec.global_trie_nodes,
+                        help="memory bound of the trie learned from all traffic (nodes; 0 = own text only)")  # fmt: skip
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -47,4 +59,18 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         num_threads=args.num_threads,
         max_pinned_blocks_per_tenant=args.max_pinned_blocks_per_tenant,
         max_retention_s=args.max_retention_s,
+        speculation=_speculation(args),
+    )
+
+
+def _speculation(args: argparse.Namespace) -> SpeculationConfig | None:
+    if args.speculation is None:
+        return None
+    draft = args.spec_max_draft_tokens
+    return SpeculationConfig(
+        method=args.speculation,
+        max_draft_tokens=draft,
+        max_depth=max(1, min(SpeculationConfig.max_depth, draft)),
+        max_batch_size=args.spec_max_batch_size,
+        global_trie_nodes=args.spec_global_trie_nodes,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.engine.spec.config import SpeculationConfig
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -41,6 +43,8 @@ class EngineConfig:
     tenant's oldest pins are released first."""
     max_retention_s: float = 600.0
     """Cap on a program's requested retention (seconds)."""
+    speculation: SpeculationConfig | None = None
+    """Lossless speculative decoding (drafts verified in the same forward pass); None = off."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

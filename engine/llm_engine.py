@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from typing import Any
 
 from shoal.engine.block_manager import BlockManager
 from shoal.engine.config import EngineConfig
@@ -18,6 +19,7 @@ from shoal.engine.sampler import SampleResult
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shoal.engine.sequence import Sequence
+from shoal.engine.spec.speculator import Speculator
 from shoal.engine.structured import GrammarCompiler, advance
 
 logger = logging.getLogger("shoal.engine")
@@ -56,6 +58,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.grammars = GrammarCompiler(self.tokenizer, self.runner.model_config.vocab_size, self.eos_token_ids)
         """Structured-output grammars; the server compiles through it off the engine thread."""
+        self.speculator = Speculator(config.speculation) if config.speculation is not None else None
         self._requests: dict[str, RequestState] = {}
         self._arrivals = itertools.count()
         self._prompt_tokens = 0
@@ -130,6 +133,7 @@ class LLMEngine:
             return None
         for seq in state.sequences:
             self.scheduler.finish(seq, "abort")
+        self._release_drafter(state)
         self.runner.release_request(request_id, state.params.n)
         return state.snapshot(self._cached_tokens(state))
 
@@ -153,6 +157,8 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         self.programs.expire()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running, self.max_model_len)
         output = self.scheduler.schedule()
         if output.is_empty and self.scheduler.waiting and not self.scheduler.running:
             # only pinned program blocks stand in the way: give them up rather than stall
@@ -174,6 +180,7 @@ class LLMEngine:
     def _run_step(self, output: SchedulerOutput) -> list[RequestOutput]:
         now = time.monotonic()
         requests = self._sample_requests(output)
+        drafts = {item.seq.seq_id: item.draft for item in output.scheduled if item.draft is not None}
         results = self.runner.run(output.scheduled, requests)
         self.scheduler.postprocess(output)
         touched: dict[str, RequestState] = {}
@@ -187,13 +194,22 @@ class LLMEngine:
             if req.seq.pending_fork:
                 self._fork(state, req.seq, samples[1:])
                 samples = samples[:1]
-            self._accept(state, req.seq, samples[0].token_id, samples[0].logprobs)
+            # [speculation] a verified draft yields its accepted tokens, then the model's next one
+            for sample in samples:
+                self._accept(state, req.seq, sample.token_id, sample.logprobs)
+                if req.seq.is_finished:
+                    break
+            draft = drafts.get(req.seq.seq_id)
+            if draft is not None and self.speculator is not None:
+                self.speculator.record(req.seq, draft, len(samples) - 1)
+                self.scheduler.commit_draft(req.seq, len(samples) - 1)
             state.metrics.setdefault("first_token", time.monotonic())
         outputs = []
         for state in touched.values():
             if state.finished:
                 state.metrics["finished"] = time.monotonic()
                 del self._requests[state.request_id]
+                self._release_drafter(state)
                 self.runner.release_request(state.request_id, state.params.n)
             outputs.append(state.snapshot(self._cached_tokens(state)))
         return outputs
@@ -209,6 +225,11 @@ class LLMEngine:
                 banned = tuple(sorted(set(seq.params.stop_token_ids) | (set() if seq.params.ignore_eos else set(self.eos_token_ids))))
             requests.append(SampleRequest(seq, seq.params.n if seq.pending_fork else 1, banned))
         return requests
+
+    def _release_drafter(self, state: RequestState) -> None:
+        if self.speculator is not None:
+            for seq in state.sequences:
+                self.speculator.release(seq)
 
     def _fork(self, state: RequestState, parent: Sequence, samples: list[SampleResult]) -> None:
         parent.pending_fork = False
@@ -275,7 +296,19 @@ class LLMEngine:
             prompt_tokens=self._prompt_tokens,
             generation_tokens=self._generation_tokens,
             num_cached_blocks=bm.num_cached_free_blocks,
+            **self._spec_stats(),
         )
+
+    def _spec_stats(self) -> dict[str, Any]:
+        if self.speculator is None:
+            return {}
+        s = self.speculator.stats
+        return {
+            "spec_num_drafts": s.num_drafts,
+            "spec_num_draft_tokens": s.num_draft_tokens,
+            "spec_num_accepted_tokens": s.num_accepted_tokens,
+            "spec_accepted_per_pos": tuple(s.accepted_per_pos),
+        }
 
     def cached_block_hashes(self) -> list[int]:
         return self.block_manager.cached_block_hashes()

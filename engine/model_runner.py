@@ -5,6 +5,7 @@ Owns the model weights, the KV cache tensors and the per-sequence generators.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from shoal.engine.loader import load_model
 from shoal.engine.sampler import SampleResult, SamplingRow, sample
 from shoal.engine.scheduler import ScheduledSequence
 from shoal.engine.sequence import Sequence
+from shoal.engine.spec.token_tree import DraftTree
+from shoal.engine.spec.tree_attention import TreeAttentionBackend
+from shoal.engine.spec.verify import relocate_accepted_kv, verify
 from shoal.engine.structured import GrammarMasks
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -114,19 +118,26 @@ class ModelRunner:
         cu_seqlens = [0]
         context_lens: list[int] = []
         last_index: dict[int, int] = {}
+        trees: dict[int, DraftTree] = {}
         max_blocks = 1
-        for item in scheduled:
+        for b, item in enumerate(scheduled):
             seq = item.seq
             start = seq.num_computed_tokens
             end = start + item.num_tokens
             input_ids.extend(seq.token_ids[start:end])
+            # [speculation] drafted nodes follow the sequence: in the cache, as queries, at their tree depth
+            num_draft = 0 if item.draft is None else len(item.draft)
             table = seq.block_table
-            for pos in range(start, end):
+            for pos in range(start, end + num_draft):
                 slots.append(table[pos // bs] * bs + pos % bs)
             positions.extend(range(start, end))
-            cu_seqlens.append(cu_seqlens[-1] + item.num_tokens)
-            context_lens.append(end)
-            last_index[seq.seq_id] = cu_seqlens[-1] - 1
+            if item.draft is not None:
+                trees[b] = item.draft
+                input_ids.extend(item.draft.tokens)
+                positions.extend(end - 1 + depth for depth in item.draft.depths)
+            cu_seqlens.append(cu_seqlens[-1] + item.num_tokens + num_draft)
+            context_lens.append(end + num_draft)
+            last_index[seq.seq_id] = cu_seqlens[-2] + item.num_tokens - 1
             max_blocks = max(max_blocks, len(table))
         block_tables = torch.tensor(
             [item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table)) for item in scheduled],
@@ -134,15 +145,19 @@ class ModelRunner:
         )
         dev = self.device
         ctx = AttentionContext(
-            ops=self.ops,
+            ops=TreeAttentionBackend(self.ops, trees) if trees else self.ops,
             kv_caches=self.kv_caches,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             block_tables=block_tables.to(dev),
             cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
             context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
-            max_q_len=max(s.num_tokens for s in scheduled),
+            max_q_len=max(b - a for a, b in itertools.pairwise(cu_seqlens)),
             max_context_len=max(context_lens),
         )
+        all_requests = requests
+        drafting_ids = {scheduled[b].seq.seq_id for b in trees}
+        drafting = [r for r in requests if r.seq.seq_id in drafting_ids]
+        requests = [r for r in requests if r.seq.seq_id not in drafting_ids]
         # [structured] constrained rows' masks are computed on the CPU while the model runs
         masks = self.grammar_masks.start([r.seq.matcher for r in requests], [r.num_samples for r in requests])
         ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
@@ -153,8 +168,9 @@ class ModelRunner:
             hidden = graphs.run(ids_t, pos_t, ctx.slot_mapping, ctx.block_tables, ctx.context_lens)
         else:
             hidden = self.model(ids_t, pos_t, ctx)
+        verified = self._verify_drafts(hidden, drafting, scheduled, cu_seqlens)
         if not requests:
-            return []
+            return [verified[r.seq.seq_id] for r in all_requests]
         rows_index = torch.tensor([last_index[r.seq.seq_id] for r in requests], dtype=torch.long, device=dev)
         logits = self.model.compute_logits(hidden[rows_index])
         expanded = []
@@ -183,4 +199,27 @@ class ModelRunner:
         for req in requests:
             grouped.append(results[pos : pos + req.num_samples])
             pos += req.num_samples
-        return grouped
+        if not verified:
+            return grouped
+        by_seq = verified | {r.seq.seq_id: samples for r, samples in zip(requests, grouped, strict=True)}
+        return [by_seq[r.seq.seq_id] for r in all_requests]
+
+    def _verify_drafts(
+        self, hidden: torch.Tensor, requests: list[SampleRequest], scheduled: list[ScheduledSequence], cu_seqlens: list[int]
+    ) -> dict[int, list[SampleResult]]:
+        """[speculation] Each drafting sequence's accepted tokens (plus the model's own next one);
+        the accepted nodes' KV is moved into place, the rejected ones' is left to be overwritten."""
+        batch_row = {item.seq.seq_id: b for b, item in enumerate(scheduled)}
+        verified: dict[int, list[SampleResult]] = {}
+        for req in requests:
+            seq = req.seq
+            item = scheduled[batch_row[seq.seq_id]]
+            assert item.draft is not None
+            first = cu_seqlens[batch_row[seq.seq_id]] + item.num_tokens - 1
+            logits = self.model.compute_logits(hidden[first : first + 1 + len(item.draft)])
+            generator = self.generator_for(seq.request_id, seq.index, seq.params.seed)
+            result = verify(logits, item.draft, seq.params, generator, self.ops)
+            first_draft_pos = seq.num_computed_tokens + item.num_tokens
+            relocate_accepted_kv(self.kv_caches, self.ops, seq.block_table, self.block_size, first_draft_pos, result.path)
+            verified[seq.seq_id] = result.results
+        return verified

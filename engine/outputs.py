@@ -67,3 +67,9 @@ class EngineStats:
     generation_tokens: int
     num_cached_blocks: int = 0
     """Free blocks that still hold a reusable prefix."""
+    spec_num_drafts: int = 0
+    """Drafts verified (speculative decoding)."""
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_pos: tuple[int, ...] = ()
+    """How often the i-th token of a draft path was accepted."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from shoal.engine.block_manager import BlockManager
 from shoal.engine.sequence import Sequence, SequenceStatus
+from shoal.engine.spec.token_tree import DraftTree
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ScheduledSequence:
     seq: Sequence
     num_tokens: int
     """Tokens computed for ``seq`` this step, starting at ``seq.num_computed_tokens``."""
+    draft: DraftTree | None = None
+    """Drafted tokens verified after them in the same pass (they count against the step budget)."""
 
     @property
     def samples(self) -> bool:
@@ -123,10 +126,12 @@ class Scheduler:
                 continue
             if not self._make_room(seq, order, done, preempted):
                 continue
-            self.block_manager.append_slots(seq)
-            scheduled.append(ScheduledSequence(seq, 1))
+            draft = self._fit_draft(seq, budget - 1)
+            num_draft = len(draft) if draft is not None else 0
+            self.block_manager.append_slots(seq, num_draft)
+            scheduled.append(ScheduledSequence(seq, 1, draft))
             done.add(seq.seq_id)
-            budget -= 1
+            budget -= 1 + num_draft
 
         # 2. running prompts (chunks in progress, recomputed forks): blocks were allocated on admission
         for seq in order:
@@ -169,6 +174,14 @@ class Scheduler:
             seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_computed_blocks(seq)
 
+    def commit_draft(self, seq: Sequence, num_accepted: int) -> None:
+        """After a verified draft: its accepted tokens' KV counts as computed, the rejected ones' blocks go."""
+        if seq.is_finished:
+            return
+        seq.num_computed_tokens += num_accepted
+        self.block_manager.trim(seq)
+        self.block_manager.register_computed_blocks(seq)
+
     def append_token(self, seq: Sequence, token_id: int, eos_token_ids: frozenset[int]) -> None:
         """Add a sampled token and finish the sequence on EOS, a stop id or a length limit."""
         seq.token_ids.append(token_id)
@@ -185,6 +198,15 @@ class Scheduler:
             self.finish(seq, "length")
 
     # ---- helpers ----------------------------------------------------------------------
+    def _fit_draft(self, seq: Sequence, budget: int) -> DraftTree | None:
+        """``seq.draft`` cut to the step budget, or None when its slots would need blocks that are not free
+        (a draft never preempts anyone)."""
+        draft, seq.draft = seq.draft, None
+        if draft is None or budget <= 0:
+            return None
+        draft = draft.truncated(budget)
+        return draft if self.block_manager.can_append(seq, len(draft)) else None
+
     def _make_room(self, seq: Sequence, order: list[Sequence], done: set[int], preempted: list[Sequence]) -> bool:
         """Preempt lower-priority running sequences until ``seq`` can grow; False if ``seq`` itself went."""
         while not self.block_manager.can_append(seq):

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from shoal.engine.sampling_params import SamplingParams
+from shoal.engine.spec.token_tree import DraftTree
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher
@@ -68,6 +69,8 @@ class Sequence:
         self.pending_fork = params.n > 1 and index == 0
         """True for the leader of an n>1 request until its prompt is done and it forks."""
         self.waiting_steps = 0
+        self.draft: DraftTree | None = None
+        """Tokens drafted to verify in this step's forward pass (speculative decoding); None = plain decode."""
         self.matcher: LLMatcher | None = None
         """Grammar state of a structured output (``params.structured``), advanced on each accepted
         token; preemption keeps the output tokens, so the state stays valid through recompute."""

@@ -72,6 +72,21 @@ class _EngineStatsCollector(Collector):
         yield gauge("shoal:kv_blocks_cached", "Free KV blocks that still hold a reusable prefix.",
                     getattr(s, "num_cached_blocks", 0))  # fmt: skip
         yield gauge("shoal:kv_block_size", "Tokens per KV block.", s.block_size)
+        if getattr(s, "spec_num_drafts", 0):
+            yield counter("vllm:spec_decode_num_drafts", "Drafts verified (speculative decoding).", s.spec_num_drafts)
+            yield counter("vllm:spec_decode_num_draft_tokens", "Drafted tokens verified.", s.spec_num_draft_tokens)
+            yield counter("vllm:spec_decode_num_accepted_tokens", "Drafted tokens accepted.", s.spec_num_accepted_tokens)
+            per_pos = CounterMetricFamily(
+                "vllm:spec_decode_num_accepted_tokens_per_pos", "Accepted drafted tokens by position in the draft.",
+                labels=["model_name", "position"],
+            )  # fmt: skip
+            for pos, count in enumerate(s.spec_accepted_per_pos):
+                per_pos.add_metric([self._model, str(pos)], float(count))
+            yield per_pos
+            yield gauge("shoal:spec_decode_acceptance_rate", "Accepted / drafted tokens since start.",
+                        s.spec_num_accepted_tokens / max(1, s.spec_num_draft_tokens))  # fmt: skip
+            yield gauge("shoal:spec_decode_mean_accepted_length", "Tokens emitted per verified draft (accepted + 1).",
+                        1 + s.spec_num_accepted_tokens / s.spec_num_drafts)  # fmt: skip
         steps, busy_s, failed = self._loop_stats()
         yield counter("shoal:engine_steps", "Engine steps run.", steps)
         yield counter("shoal:engine_failed_steps", "Engine steps that raised (their requests failed).", failed)

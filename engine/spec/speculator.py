@@ -1,0 +1,106 @@
+"""Which sequences draft this step and how much (torch-free): the engine's speculation policy.
+
+Draft length adapts per request to its recent acceptance (FASER): a request whose drafts
+keep landing drafts deeper, one whose drafts miss falls back to a single guessed token, so
+verification never costs much more than the plain decode it replaces. Past
+``max_batch_size`` decoding sequences the step is compute-bound and nobody drafts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shoal.engine.sequence import Sequence, SequenceStatus
+from shoal.engine.spec import trie_drafter  # noqa: F401 - registers the trie drafter
+from shoal.engine.spec.config import SpeculationConfig
+from shoal.engine.spec.drafter import create_drafter
+from shoal.engine.spec.token_tree import DraftTree
+
+_EMA = 0.5
+"""Weight of the latest step in a request's acceptance average."""
+
+
+@dataclass
+class SpecStats:
+    """Cumulative counters (vLLM's spec-decode metrics are computed from these)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_pos: list[int] = field(default_factory=list)
+    """How often the i-th token of a draft path was accepted."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per verified draft: the accepted ones plus the one the model adds."""
+        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
+
+
+class Speculator:
+    def __init__(self, config: SpeculationConfig) -> None:
+        self.config = config
+        self.drafter = create_drafter(config)
+        self.stats = SpecStats()
+        self._accepted_avg: dict[int, float] = {}
+
+    def propose(self, running: list[Sequence], max_model_len: int) -> None:
+        """Set ``seq.draft`` on the running decodes that should speculate this step (None elsewhere)."""
+        decodes = []
+        for seq in running:
+            seq.draft = None
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1:
+                decodes.append(seq)
+        if len(decodes) > self.config.max_batch_size:
+            return
+        for seq in decodes:
+            if not self.eligible(seq):
+                continue
+            room = max_model_len - len(seq)
+            if seq.params.max_tokens is not None:
+                room = min(room, seq.params.max_tokens - seq.num_output_tokens - 1)
+            budget = min(self.budget(seq), room)
+            if budget >= 1:
+                seq.draft = self.drafter.propose(seq, budget, min(self.config.max_depth, budget))
+
+    def budget(self, seq: Sequence) -> int:
+        """Nodes to draft for ``seq``: twice its recent accepted length plus one, within the maximum."""
+        avg = self._accepted_avg.get(seq.seq_id)
+        if avg is None:
+            return self.config.max_draft_tokens
+        return max(1, min(self.config.max_draft_tokens, round(2 * avg + 1)))
+
+    @staticmethod
+    def eligible(seq: Sequence) -> bool:
+        """Whether ``seq``'s sampling can be verified here.
+
+        Not speculated: grammar-constrained outputs (their masks follow the accepted tokens
+        one at a time), penalties (they depend on the tokens before each drafted one) and
+        outputs still under ``min_tokens`` (EOS is banned there).
+        """
+        p = seq.params
+        if getattr(seq, "matcher", None) is not None:
+            return False
+        if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            return False
+        return seq.num_output_tokens >= p.min_tokens and not seq.pending_fork
+
+    def record(self, seq: Sequence, draft: DraftTree, num_accepted: int) -> None:
+        """``num_accepted`` of ``draft``'s tokens were accepted (a path from its root)."""
+        s = self.stats
+        s.num_drafts += 1
+        s.num_draft_tokens += len(draft)
+        s.num_accepted_tokens += num_accepted
+        if len(s.accepted_per_pos) < num_accepted:
+            s.accepted_per_pos.extend([0] * (num_accepted - len(s.accepted_per_pos)))
+        for pos in range(num_accepted):
+            s.accepted_per_pos[pos] += 1
+        prev = self._accepted_avg.get(seq.seq_id, float(num_accepted))
+        self._accepted_avg[seq.seq_id] = (1 - _EMA) * prev + _EMA * num_accepted
+
+    def release(self, seq: Sequence) -> None:
+        self.drafter.release(seq)
+        self._accepted_avg.pop(seq.seq_id, None)
