@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from shoal.crds.cel import CelRule
 from shoal.crds.common import DNS_LABEL, ApiModel, Condition, Reason, ResourceRequirements, spec_error
 from shoal.crds.quantity import quantity_bytes
 
@@ -40,6 +41,14 @@ class SandboxTemplate(ApiModel):
     """Sandboxes kept started ahead of demand."""
     ttl_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
     """A sandbox is removed this long after its program ends."""
+
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "has(self.image) != (has(self.command) && size(self.command) > 0)",
+            "set exactly one of image or command",
+            Reason.SANDBOX_INVALID,
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_backend(self) -> SandboxTemplate:
@@ -92,8 +101,21 @@ class AgentProgramSpec(ApiModel):
     """Concurrency, context and lease limits."""
     sandbox: SandboxTemplate | None = None
     """Tool environment; empty runs no sandbox (tools are then not allowed)."""
-    tools: list[Tool] | None = None
-    """Tools available to the programs."""
+    tools: Annotated[
+        list[Tool] | None,
+        # The API server keeps the names unique (a list keyed by name).
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = None
+    """Tools available to the programs (names unique)."""
+
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.tools) || size(self.tools) == 0 || has(self.sandbox)",
+            "tools need a sandbox to run in",
+            Reason.SANDBOX_INVALID,
+            ".tools",
+        ),
+    )
 
     @model_validator(mode="after")
     def _tools_need_sandbox(self) -> AgentProgramSpec:

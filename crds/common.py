@@ -5,9 +5,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
+
+from shoal.crds.quantity import QUANTITY_MAX_LENGTH, QUANTITY_PATTERN, check_quantity
 
 GROUP = "shoal.dev"
 VERSION = "v1alpha1"
@@ -96,7 +98,25 @@ class Condition(ApiModel):
     """The metadata.generation this condition was computed from."""
 
 
-Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+def _quantity(value: int | str) -> int | str:
+    try:
+        return check_quantity(value)
+    except ValueError as exc:
+        raise spec_error(Reason.RESOURCES_INVALID, str(exc)) from None
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_quantity),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
+        }
+    ),
+]
+"""A Kubernetes quantity (500m, 4, 2Gi); anything else is refused by the CRD pattern and the model."""
 
 
 class ResourceRequirements(ApiModel):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from shoal.crds.cel import CelRule, has_key
 from shoal.crds.common import ApiModel, Condition, Reason, ResourceRequirements, Toleration, spec_error
 
 MODEL_SCHEMES = ("bundled", "file", "hostpath", "pvc", "https", "http")
@@ -19,6 +20,32 @@ BUNDLED_MODELS = ("smollm2-135m-instruct",)
 
 
 GPU_RESOURCE = "nvidia.com/gpu"
+MAX_GPUS = 1
+"""GPUs one replica can use: the engine has no tensor parallelism yet."""
+
+
+def _cel_literal_pattern(text: str) -> str:
+    """``text`` as an RE2 pattern inside a CEL string (names hold only [a-z0-9.-])."""
+    return text.replace(".", "[.]")
+
+
+_MODEL_URI_RULE = (
+    "self.uri.matches('"
+    f"^bundled:({'|'.join(_cel_literal_pattern(m) for m in BUNDLED_MODELS)})$"
+    "|^(file|hostpath):(///[^?#]|/[^/?#])"
+    "|^pvc://[^/?#]+/[^?#]*[^/?#]"
+    "|^https?://[^/?#]+/[^?#]*[.]gguf([?#].*)?$"
+    "')"
+)
+_LIMITS = "self.resources.limits"
+_GPU_LIMIT = f"string({_LIMITS}['{GPU_RESOURCE}'])"
+_HAS_GPU_LIMIT = has_key(_LIMITS, GPU_RESOURCE)
+_GPU_REQUEST = f"string(self.resources.requests['{GPU_RESOURCE}'])"
+_HAS_GPU_REQUEST = has_key("self.resources.requests", GPU_RESOURCE)
+
+
+def _device_is(device: str) -> str:
+    return f"has(self.engine) && has(self.engine.device) && self.engine.device == '{device}'"
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,7 @@ class Kernels(StrEnum):
 class ModelSource(ApiModel):
     """Where the weights come from and the name clients ask for."""
 
-    uri: Annotated[str, Field(min_length=3, pattern=r"^[a-z][a-z0-9+.-]*:.+$")]
+    uri: Annotated[str, Field(min_length=3, max_length=2048, pattern=r"^[a-z][a-z0-9+.-]*:.+$")]
     """Model location. One of: ``bundled:smollm2-135m-instruct`` (shipped with the engine);
     ``pvc://<claim>/<path>`` (a PersistentVolumeClaim, mounted read-only); ``hostpath:///<path>``
     (a node path); ``file:///<path>`` (a path inside the engine image, or on this machine for
@@ -91,6 +118,15 @@ class ModelSource(ApiModel):
     a Hugging Face folder (config.json + *.safetensors + tokenizer.json) or a .gguf file."""
     served_model_name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
     """The model name in the OpenAI API (the ``model`` field of requests)."""
+
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            _MODEL_URI_RULE,
+            "uri: use bundled:<name>, file:///<path>, hostpath:///<path>, pvc://<claim>/<path> or https://.../<file>.gguf",
+            Reason.MODEL_SOURCE_INVALID,
+            ".uri",
+        ),
+    )
 
     @field_validator("uri")
     @classmethod
@@ -178,6 +214,15 @@ class Autoscaling(ApiModel):
     """Prometheus the KEDA trigger queries (used only when KEDA is installed; else an HPA on the
     custom metrics API is created)."""
 
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            Reason.AUTOSCALING_INVALID,
+            ".minReplicas",
+        ),
+    )
+
 
 class Adapter(ApiModel):
     """A LoRA adapter. Not supported yet: a pool that lists adapters is Degraded (FeatureNotSupported)."""
@@ -210,6 +255,46 @@ class ModelPoolSpec(ApiModel):
     adapters: list[Adapter] | None = None
     """LoRA adapters. Not supported yet: setting it makes the pool Degraded (FeatureNotSupported)."""
 
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.adapters) || size(self.adapters) == 0",
+            "adapters: LoRA adapters are not supported yet",
+            Reason.FEATURE_NOT_SUPPORTED,
+            ".adapters",
+        ),
+        CelRule(
+            f"!({_HAS_GPU_LIMIT}) || {_GPU_LIMIT}.matches('^[0-9]+$')",
+            f"resources.limits[{GPU_RESOURCE}] must be a whole number",
+            Reason.RESOURCES_INVALID,
+            ".resources",
+        ),
+        CelRule(
+            f"!({_HAS_GPU_LIMIT}) || !{_GPU_LIMIT}.matches('^[0-9]+$') || int({_GPU_LIMIT}) <= {MAX_GPUS}",
+            f"resources.limits[{GPU_RESOURCE}]: more than {MAX_GPUS} GPU per replica needs tensor parallelism, "
+            "which is not supported yet",
+            Reason.FEATURE_NOT_SUPPORTED,
+            ".resources",
+        ),
+        CelRule(
+            f"!({_HAS_GPU_REQUEST}) || ({_HAS_GPU_LIMIT} && {_GPU_REQUEST} == {_GPU_LIMIT})",
+            f"resources: {GPU_RESOURCE} must be set in limits (requests must equal limits)",
+            Reason.RESOURCES_INVALID,
+            ".resources",
+        ),
+        CelRule(
+            f"!({_device_is('cuda')}) || ({_HAS_GPU_LIMIT} && int({_GPU_LIMIT}) >= 1)",
+            f"engine.device cuda needs resources.limits[{GPU_RESOURCE}] >= 1",
+            Reason.RESOURCES_INVALID,
+            ".engine",
+        ),
+        CelRule(
+            f"!({_device_is('cpu')}) || !({_HAS_GPU_LIMIT}) || int({_GPU_LIMIT}) == 0",
+            f"engine.device cpu contradicts {GPU_RESOURCE} limits",
+            Reason.RESOURCES_INVALID,
+            ".engine",
+        ),
+    )
+
     @model_validator(mode="after")
     def _supported(self) -> ModelPoolSpec:
         if self.engine.speculation is not None:
@@ -225,8 +310,14 @@ class ModelPoolSpec(ApiModel):
         requests = (self.resources.requests if self.resources else None) or {}
         limits = (self.resources.limits if self.resources else None) or {}
         gpus = limits.get(GPU_RESOURCE, 0)
-        if not (isinstance(gpus, int) or str(gpus).isdigit()):
+        if not str(gpus).isdigit():
             raise spec_error(Reason.RESOURCES_INVALID, f"resources.limits[{GPU_RESOURCE}] must be a whole number")
+        if int(gpus) > MAX_GPUS:
+            raise spec_error(
+                Reason.FEATURE_NOT_SUPPORTED,
+                f"resources.limits[{GPU_RESOURCE}]: {gpus} GPUs per replica need tensor parallelism, "
+                f"which is not supported yet (at most {MAX_GPUS})",
+            )
         if GPU_RESOURCE in requests and str(requests[GPU_RESOURCE]) != str(limits.get(GPU_RESOURCE)):
             raise spec_error(
                 Reason.RESOURCES_INVALID, f"resources: {GPU_RESOURCE} must be set in limits (requests must equal limits)"

@@ -7,12 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from shoal.crds.cel import CrdJsonSchema
+
 _DROP = {"title"}
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural schema of ``model`` (inlined refs, no nulls, OpenAPI 3.0 exclusive bounds)."""
-    raw = model.model_json_schema(by_alias=True, mode="validation", ref_template="#/$defs/{model}")
+    raw = model.model_json_schema(
+        by_alias=True, mode="validation", ref_template="#/$defs/{model}", schema_generator=CrdJsonSchema
+    )
     defs = raw.pop("$defs", {})
     # Deep-copied so no two places share a node (YAML would write anchors for them).
     return json.loads(json.dumps(_convert(raw, defs)))

@@ -44,7 +44,7 @@ def flag(args: list[str], name: str) -> str | None:
         ({"engine": {"prefixCaching": False, "kernels": "triton", "maxWaitingRequests": 64}},
          {"--kernels": "triton", "--max-waiting": "64"}, []),
         ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, {"--device": "cuda"}, []),
-        ({"engine": {"dtype": "bfloat16", "device": "cuda"}, "resources": {"limits": {"nvidia.com/gpu": "2"}}},
+        ({"engine": {"dtype": "bfloat16", "device": "cuda"}, "resources": {"limits": {"nvidia.com/gpu": "1"}}},
          {"--dtype": "bfloat16", "--device": "cuda"}, []),
     ],
 )  # fmt: skip
