@@ -202,8 +202,9 @@ class EngineSettings(ApiModel):
 class Autoscaling(ApiModel):
     """Scale replicas on the engines' queue depth (vllm:num_requests_waiting per replica)."""
 
-    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
-    """Fewest replicas."""
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Fewest replicas. 0 lets an idle pool scale to zero: routers hold its requests while it
+    scales back up (see scaleToZeroAfterSeconds)."""
     max_replicas: Annotated[int, Field(ge=1, le=1000)]
     """Most replicas."""
     target_waiting_requests: Annotated[float, Field(gt=0, le=10000)] = 4.0
@@ -213,6 +214,9 @@ class Autoscaling(ApiModel):
     prometheus_address: str = "http://prometheus-server.monitoring.svc:9090"
     """Prometheus the KEDA trigger queries (used only when KEDA is installed; else an HPA on the
     custom metrics API is created)."""
+    scale_to_zero_after_seconds: Annotated[int, Field(ge=10, le=86400)] | None = None
+    """With minReplicas 0: how long no request may reach the pool through any of its routers
+    before it is scaled to zero (empty: 300). Only valid with minReplicas 0."""
 
     CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -221,7 +225,25 @@ class Autoscaling(ApiModel):
             Reason.AUTOSCALING_INVALID,
             ".minReplicas",
         ),
+        CelRule(
+            "!has(self.scaleToZeroAfterSeconds) || (has(self.minReplicas) && self.minReplicas == 0)",
+            "scaleToZeroAfterSeconds needs minReplicas 0",
+            Reason.AUTOSCALING_INVALID,
+            ".scaleToZeroAfterSeconds",
+        ),
     )
+
+    @model_validator(mode="after")
+    def _idle_time_needs_zero(self) -> Autoscaling:
+        if self.scale_to_zero_after_seconds is not None and self.min_replicas != 0:
+            message = f"autoscaling.scaleToZeroAfterSeconds needs minReplicas 0 (it is {self.min_replicas})"
+            raise spec_error(Reason.AUTOSCALING_INVALID, message)
+        return self
+
+    @property
+    def idle_seconds(self) -> int:
+        """Seconds without requests before a minReplicas-0 pool scales to zero."""
+        return self.scale_to_zero_after_seconds or 300
 
 
 class Adapter(ApiModel):
