@@ -1,6 +1,8 @@
 """Shoal's API types (group shoal.dev, version v1alpha1): the single source of truth for the CRDs.
 
-Imports nothing from other Shoal packages; ``python -m shoal.crds.generate`` writes the CRD YAML.
+Imports nothing from other Shoal packages but the router's settings models (the Router spec is
+``shoal.router.config.RouterSettings`` plus Kubernetes fields); ``python -m shoal.crds.generate``
+writes the CRD YAML.
 """
 
 from shoal.crds.agentprogram import AgentProgram, AgentProgramSpec, AgentProgramStatus

@@ -1,4 +1,8 @@
-"""Router custom resource + the pools it serves -> router.yaml (validated by shoal.router.config)."""
+"""Router custom resource + the pools it serves -> router.yaml (validated by shoal.router.config).
+
+The spec's router settings are serialized as they are (they are the router's own model); this
+module adds only what the operator knows: the pools' served models and replicas, where Secrets
+are mounted, the program classes file and how replicas find each other."""
 
 from __future__ import annotations
 
@@ -11,9 +15,8 @@ from pydantic import ValidationError
 
 from shoal.crds import ModelPoolSpec, Reason, RouterSpec
 from shoal.crds.modelpool import SecretKeyRef
-from shoal.crds.router import Plugin
 from shoal.operator.builders.program_class import classes_yaml
-from shoal.router.config import RouterConfig
+from shoal.router.config import RouterConfig, RouterSettings
 from shoal.router.programs.config import ProgramClassConfig
 
 EndpointsFor = Callable[[str], dict[str, Any]]
@@ -85,58 +88,6 @@ def kubernetes_peers(namespace: str, router: str) -> dict[str, Any]:
     return {"kubernetes": {"namespace": namespace, "labelSelector": selector, "resource": "pods", "port": ROUTER_PORT}}
 
 
-def _plugin(p: Plugin) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": p.type, "weight": p.weight}
-    if p.params:
-        out["params"] = dict(p.params)
-    return out
-
-
-def _picking(spec: RouterSpec) -> dict[str, Any]:
-    picking: dict[str, Any] = {"prefix": {"mode": spec.picking.prefix_mode}}
-    if spec.picking.filters:
-        picking["filters"] = [{k: v for k, v in _plugin(p).items() if k != "weight"} for p in spec.picking.filters]
-    if spec.picking.scorers:
-        picking["scorers"] = [_plugin(p) for p in spec.picking.scorers]
-    if spec.picking.picker is not None:
-        picking["picker"] = {k: v for k, v in _plugin(spec.picking.picker).items() if k != "weight"}
-    return picking
-
-
-def _routes(spec: RouterSpec) -> list[dict[str, Any]]:
-    routes = []
-    for r in spec.routes or []:
-        route: dict[str, Any] = {"model": r.model, "aliases": list(r.aliases or [])}
-        if r.pool is not None:
-            route["pool"] = r.pool
-        else:
-            route["split"] = [{"pool": t.pool, "weight": t.weight} for t in r.split or []]
-        route["rules"] = [
-            {"keywords": list(rule.keywords or []), "regex": rule.regex, "pool": rule.pool} for rule in r.rules or []
-        ]
-        routes.append(route)
-    return routes
-
-
-def _programs(spec: RouterSpec, classes_file: str, forwarding: bool) -> dict[str, Any]:
-    p = spec.programs
-    forwarded = {"forwardedSecretEnv": PEER_SECRET_ENV} if forwarding else {}
-    return {
-        **forwarded,
-        "classesFile": classes_file,
-        "reloadIntervalS": p.reload_interval_seconds,
-        "highWatermark": p.kv_high_watermark,
-        "lowWatermark": p.kv_low_watermark,
-        "tickS": p.tick_seconds,
-        "maxWaitS": p.max_wait_seconds,
-        "retentionMaxS": p.retention_max_seconds,
-        "retentionDefaultS": p.retention_default_seconds,
-        "retentionBreakEvenS": p.retention_break_even_seconds,
-        "prewarmQueueDepth": p.prewarm_queue_depth,
-        **({} if p.count_foreign_load is None else {"countForeignLoad": p.count_foreign_load}),
-    }
-
-
 def render_router_config(
     spec: RouterSpec,
     pools: Mapping[str, ModelPoolSpec | None],
@@ -159,31 +110,35 @@ def render_router_config(
     missing = [p.name for p in spec.pools if pools.get(p.name) is None]
     if missing:
         raise RenderError(Reason.POOL_NOT_FOUND, f"ModelPool not found: {', '.join(missing)}")
-    raw: dict[str, Any] = {
-        "listen": {"host": host, "port": port},
-        "pools": [
-            {
-                "name": ref.name,
-                "models": [pool.model.served_model_name],
-                "aliases": list(ref.aliases or []),
-                "endpoints": endpoints_for(ref.name),
-            }
-            for ref in spec.pools
-            if (pool := pools[ref.name]) is not None
-        ],
-        "routes": _routes(spec),
-        "picking": _picking(spec),
-        "programs": _programs(spec, classes_file, forwarding=peers is not None and spec.replicas > 1),
-        "logLevel": spec.log_level,
+    # The spec's router settings are router.yaml's as they are; the operator adds only the wiring.
+    raw: dict[str, Any] = spec.model_dump(
+        mode="json", by_alias=True, exclude_none=True,
+        include=set(RouterSettings.model_fields), exclude={"auth": {"api_keys_secret"}},
+    )  # fmt: skip
+    raw["listen"] = {"host": host, "port": port}
+    raw["pools"] = [
+        {
+            **ref.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "models": [pool.model.served_model_name],
+            "endpoints": endpoints_for(ref.name),
+        }
+        for ref in spec.pools
+        if (pool := pools[ref.name]) is not None
+    ]
+    forwarding = peers is not None and spec.replicas > 1
+    raw["programs"] = {
+        **raw["programs"],
+        "classesFile": classes_file,
+        **({"forwardedSecretEnv": PEER_SECRET_ENV} if forwarding else {}),
     }
     if spec.auth is not None:
-        raw["auth"] = {"apiKeysFile": api_keys_path or API_KEYS_DIR}
+        raw["auth"]["apiKeysFile"] = api_keys_path or API_KEYS_DIR
     if upstream_key_env is not None:
         raw["upstream"] = {"apiKeyEnv": upstream_key_env}
-    if peers is not None and spec.replicas > 1:
-        raw["peers"] = peers
-    if spec.rate_limits is not None:
-        raw["rateLimits"] = spec.rate_limits.model_dump(by_alias=True, exclude_none=True)
+    if forwarding and peers is not None:
+        raw["peers"] = {**raw.get("peers", {}), **peers}
+    else:
+        raw.pop("peers", None)
     try:
         return RouterConfig.model_validate(raw).to_yaml_dict()
     except ValidationError as exc:

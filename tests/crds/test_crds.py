@@ -167,7 +167,10 @@ def test_invalid_modelpools_are_rejected_by_the_schema(path: str, value: Any) ->
     [
         ("Router", {"pools": []}),
         ("Router", {"pools": [{"name": "Not_A_Name"}]}),
-        ("Router", {"pools": [{"name": "a"}], "picking": {"prefixMode": "psychic"}}),
+        ("Router", {"pools": [{"name": "a"}], "picking": {"prefix": {"mode": "psychic"}}}),
+        ("Router", {"pools": [{"name": "a"}], "timeouts": {"connectS": 0}}),
+        ("Router", {"pools": [{"name": "a", "tokenizer": {"source": "guess"}}]}),
+        ("Router", {"pools": [{"name": "a"}], "programs": {"classesFile": "/x"}}),
         ("Router", {"pools": [{"name": "a"}], "service": {"type": "ExternalName"}}),
         ("Router", {"pools": [{"name": "a"}], "rateLimits": {"default": {"requestsPerSecond": 0, "burst": 1}}}),
         ("AgentProgram", {"model": "m"}),

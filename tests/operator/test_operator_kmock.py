@@ -210,14 +210,14 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (pool("no-engine-key", engine={"auth": {"apiKeySecretRef": {"name": "absent"}}}), "SecretNotFound"),
     (router("missing-pool", pools=[{"name": "ok"}, {"name": "nowhere"}]), "PoolNotFound"),
     (router("bad-route", pools=[{"name": "ok"}], routes=[{"model": "m", "pool": "other"}]), "RoutesInvalid"),
-    (router("bad-scorer", pools=[{"name": "ok"}], picking={"scorers": [{"type": "astrology"}]}), "ConfigInvalid"),
+    (router("bad-scorer", pools=[{"name": "ok"}], picking={"scorers": [{"type": "astrology"}]}), "SpecInvalid"),
     (router("no-secret", pools=[{"name": "ok"}], auth={"apiKeysSecret": {"name": "absent"}}), "SecretNotFound"),
     (program("orphan", router="nowhere", model="ok-model"), "RouterNotFound"),
     (program("two-sandboxes", router="ok", model="ok-model", sandbox={"image": "i", "command": ["c"]}),
      "SandboxInvalid"),
     (program("wrong-model", router="ok", model="gpt-9"), "ModelNotServed"),
     (program("local-sandbox", router="ok", model="ok-model", sandbox={"command": ["true"]}), "FeatureNotSupported"),
-    (router("no-programs", pools=[{"name": "ok"}], programs={"enabled": False}), "FeatureNotSupported"),
+    (router("inline-classes", pools=[{"name": "ok"}], programs={"classesFile": "/x"}), "FeatureNotSupported"),
 ]  # fmt: skip
 
 
@@ -254,7 +254,7 @@ def test_agentprogram_goes_live_without_a_router_rollout(api: Api, operator: Ope
     ConfigMap, the router pods are not rolled, and Ready follows what the router reports."""
     ns = "live-classes"
     api.create(pool("chat"), ns)
-    api.create(router("front", pools=[{"name": "chat"}], programs={"kvHighWatermark": 0.8, "tickSeconds": 0.25}), ns)
+    api.create(router("front", pools=[{"name": "chat"}], programs={"highWatermark": 0.8, "tickS": 0.25}), ns)
     digest = wait_for(lambda: config_hash(api, ns, "front"), what="router deployment")
     router_yaml = yaml.safe_load(api.get(CONFIGMAPS, ns, "front-router")["data"]["router.yaml"])
     assert router_yaml["programs"]["classesFile"] == "/etc/shoal/router-classes/classes.yaml"
@@ -355,7 +355,7 @@ def test_a_real_router_loads_the_class_live_and_the_status_shows_it(
     api.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"}, "stringData": {"alice": "sk-a"}}, ns)
     api.create(pool("chat"), ns)
     api.create(router("front", pools=[{"name": "chat"}], auth={"apiKeysSecret": {"name": "keys"}},
-                      programs={"reloadIntervalSeconds": 0.2}), ns)  # fmt: skip
+                      programs={"reloadIntervalS": 0.2}), ns)  # fmt: skip
     cm = wait_for(lambda: api.get(CONFIGMAPS, ns, "front-router"), what="router config")
     wait_for(lambda: api.get(CONFIGMAPS, ns, "front-router-classes"), what="classes ConfigMap")
 

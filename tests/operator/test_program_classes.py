@@ -159,9 +159,9 @@ def test_classes_live_outside_the_config_hash() -> None:
 def test_router_programs_settings_reach_router_yaml() -> None:
     spec = RouterSpec.model_validate({
         "pools": [{"name": "chat"}],
-        "programs": {"kvHighWatermark": 0.8, "kvLowWatermark": 0.6, "tickSeconds": 0.25, "maxWaitSeconds": 30,
-                     "retentionMaxSeconds": 45, "reloadIntervalSeconds": 1, "retentionDefaultSeconds": 3,
-                     "retentionBreakEvenSeconds": 12, "prewarmQueueDepth": 5, "countForeignLoad": True},
+        "programs": {"highWatermark": 0.8, "lowWatermark": 0.6, "tickS": 0.25, "maxWaitS": 30,
+                     "retentionMaxS": 45, "reloadIntervalS": 1, "retentionDefaultS": 3,
+                     "retentionBreakEvenS": 12, "prewarmQueueDepth": 5, "countForeignLoad": True},
     })  # fmt: skip
     config = RouterConfig.model_validate(yaml.safe_load(render(spec, POOLS, [], kubernetes_endpoints("t")).router_yaml))
     p = config.programs
@@ -170,24 +170,18 @@ def test_router_programs_settings_reach_router_yaml() -> None:
     assert p.count_foreign_load is True
 
 
-def test_router_programs_defaults_are_the_routers() -> None:
-    crd, router = ProgramScheduling(), ProgramsConfig()
-    assert crd.kv_high_watermark == router.high_watermark and crd.kv_low_watermark == router.low_watermark
-    assert crd.tick_seconds == router.tick_s and crd.max_wait_seconds == router.max_wait_s
-    assert crd.retention_max_seconds == router.retention_max_s
-    assert crd.reload_interval_seconds == router.reload_interval_s
-    assert crd.retention_default_seconds == router.retention_default_s
-    assert crd.retention_break_even_seconds == router.retention_break_even_s
-    assert crd.prewarm_queue_depth == router.prewarm_queue_depth
-    assert crd.count_foreign_load == router.count_foreign_load
-    # Every router setting is reachable from the CRD (or set by the operator itself).
-    by_operator = {"classes", "classes_file", "forwarded_secret_env"}
-    rejected = {"enabled", "default_lease_seconds"}  # FeatureNotSupported when set
-    assert len(set(ProgramScheduling.model_fields) - rejected) == len(set(ProgramsConfig.model_fields) - by_operator)
+def test_router_programs_are_the_routers_settings_less_what_the_operator_sets() -> None:
+    properties = ProgramScheduling.model_json_schema(by_alias=True)["properties"]
+    by_operator = {"classes", "classesFile", "forwardedSecretEnv"}
+    assert set(properties) == set(ProgramsConfig.model_json_schema(by_alias=True)["properties"]) - by_operator
+    assert ProgramScheduling().model_dump() == {k: v for k, v in ProgramsConfig().model_dump().items()
+                                                if k not in {"classes", "classes_file", "forwarded_secret_env"}}
 
 
-@pytest.mark.parametrize("programs", [{"enabled": False}, {"defaultLeaseSeconds": 60}])
-def test_router_programs_fields_without_an_effect_are_rejected(programs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "programs", [{"classesFile": "/tmp/c.yaml"}, {"forwardedSecretEnv": "X"}, {"classes": [{"name": "a", "model": "m"}]}]
+)
+def test_router_programs_fields_the_operator_sets_are_rejected(programs: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError) as err:
