@@ -36,6 +36,19 @@ class Ctx:
     """Asks a router which program classes it has loaded (AgentProgram status); None: never asked."""
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     _program_namespaces: set[str] = field(default_factory=set)
+    _owners: set[tuple[str, str, str]] = field(default_factory=set)
+
+    def saw_owner(self, kind: str, namespace: str, name: str) -> None:
+        """Record a ModelPool or Router the periodic resync converges (kopf resumes every existing
+        one at start, so an operator restart finds them all again)."""
+        self._owners.add((kind, namespace, name))
+
+    def forget_owner(self, kind: str, namespace: str, name: str) -> None:
+        self._owners.discard((kind, namespace, name))
+
+    def owners(self) -> list[tuple[str, str, str]]:
+        """(kind, namespace, name) of every owner seen and not found gone since."""
+        return sorted(self._owners)
 
     def saw_program_in(self, namespace: str) -> None:
         """Record a namespace with AgentPrograms (the status poll lists only those: an operator
@@ -107,12 +120,14 @@ def degraded_reason(body: dict[str, Any]) -> str | None:
 
 
 async def report_problem(ctx: Ctx, rt: ResourceType, body: dict[str, Any], reason: Reason, message: str) -> None:
-    """Write Ready/Progressing=False and Degraded=True with ``reason``; post a Warning Event when it is new."""
+    """Write Ready/Progressing=False and Degraded=True with ``reason`` (not when ``body``, read
+    recently, already says so); post a Warning Event when the problem is new."""
     meta = body["metadata"]
     old = (body.get("status") or {}).get("conditions")
     gen = generation(body)
     status = {"observedGeneration": gen, "conditions": merge_conditions(old, invalid(reason, message), gen, now_rfc3339())}
-    await ctx.kube.patch_status(rt, meta.get("namespace") or "default", meta["name"], status)
+    if not status_unchanged(body, status):
+        await ctx.kube.patch_status(rt, meta.get("namespace") or "default", meta["name"], status)
     previous = next((c for c in old or [] if c.get("type") == "Degraded"), None)
     if not previous or previous.get("reason") != reason.value or previous.get("message") != message:
         await ctx.kube.event(body, "Warning", reason.value, message)

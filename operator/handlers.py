@@ -2,9 +2,11 @@
 
 Run with ``shoal operator`` (or ``kopf run -m shoal.operator.handlers``). Invalid specs become a
 PermanentError (the controller already wrote Degraded + an Event); missing dependencies become a
-TemporaryError, retried. No finalizers (so no kopf timers either): children are owned and
-garbage-collected by Kubernetes, status follows child and pool watch events, and AgentProgram
-status comes from one background loop that asks each router for its loaded classes.
+TemporaryError, retried (a child the API server refuses: with doubling delays). No finalizers (so
+no kopf timers either): children are owned and garbage-collected by Kubernetes; a child's watch
+event (a hand edit, a deletion, a status change) re-converges its owner; one background loop
+re-converges every owner each SHOAL_RESYNC_INTERVAL seconds (default 60); AgentProgram status comes
+from another that asks each router for its loaded classes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import kopf
 
 from shoal.crds import GROUP, VERSION
 from shoal.operator.builders.common import LABEL_MANAGED_BY, MANAGER, Images
+from shoal.operator.children import ChildRejected, backoff
 from shoal.operator.context import Ctx, NotReady, SpecRejected
 from shoal.operator.kube import ROUTERS, KubeClient
-from shoal.operator.pools import reconcile_pool, refresh_pool_status
+from shoal.operator.pools import reconcile_pool
 from shoal.operator.program_status import poll_program_statuses
 from shoal.operator.programs import forget_program, reconcile_program
+from shoal.operator.reconcile import converge_owner, resync_forever, shoal_owner
 from shoal.operator.router_classes import HttpClassesFetcher
 from shoal.operator.routers import reconcile_router, refresh_router_status
 
@@ -54,6 +58,8 @@ async def startup(
     memo.ctx = Ctx(kube=kube, images=images, keda=keda, check_secrets=check_secrets, fetch_classes=fetcher)
     interval = _positive_seconds("SHOAL_PROGRAM_STATUS_INTERVAL", 10.0)
     memo.program_status_task = asyncio.create_task(poll_program_statuses(memo.ctx, interval))
+    resync = _positive_seconds("SHOAL_RESYNC_INTERVAL", 60.0)
+    memo.resync_task = asyncio.create_task(resync_forever(memo.ctx, resync))
     logger.info("shoal operator: autoscaling via %s", "KEDA" if keda else "HPA")
 
 
@@ -70,11 +76,12 @@ def _positive_seconds(env: str, default: float) -> float:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "program_status_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for attr in ("program_status_task", "resync_task"):
+        task: asyncio.Task[None] | None = getattr(memo, attr, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     ctx: Ctx | None = getattr(memo, "ctx", None)
     if ctx is not None:
         if isinstance(ctx.fetch_classes, HttpClassesFetcher):
@@ -82,13 +89,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await ctx.kube.aclose()
 
 
-async def _run(step: Awaitable[Any]) -> Any:
+async def _run(step: Awaitable[Any], retry: int = 0) -> Any:
     try:
         return await step
     except SpecRejected as exc:
         raise kopf.PermanentError(str(exc)) from None
     except NotReady as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        delay = backoff(exc.delay, retry) if isinstance(exc, ChildRejected) else exc.delay
+        raise kopf.TemporaryError(str(exc), delay=delay) from None
 
 
 @kopf.index(GROUP, VERSION, "routers")
@@ -107,13 +115,19 @@ def _routers_of(index: kopf.Index[Any, Any], namespace: str, pool: str) -> list[
 @kopf.on.create(GROUP, VERSION, "modelpools")
 @kopf.on.update(GROUP, VERSION, "modelpools")
 async def modelpool(
-    body: kopf.Body, reason: str, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **kw: Any
+    body: kopf.Body,
+    reason: str,
+    retry: int,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kw: Any,
 ) -> None:
     ctx: Ctx = memo.ctx
-    # A new pool cannot have a stale autoscaler to remove.
-    await _run(reconcile_pool(ctx, dict(body), prune=reason != "create"))
-    # Routers that name this pool may render a new config (its served name) or find it at last.
     namespace = body.metadata.namespace or "default"
+    ctx.saw_owner("ModelPool", namespace, body.metadata.name)
+    # A new pool cannot have a stale autoscaler to remove.
+    await _run(reconcile_pool(ctx, dict(body), prune=reason != "create"), retry)
+    # Routers that name this pool may render a new config (its served name) or find it at last.
     for name in _routers_of(kw["routers_by_pool"], namespace, body.metadata.name):
         router = await ctx.kube.get(ROUTERS, namespace, name)
         if router is None:
@@ -127,8 +141,9 @@ async def modelpool(
 @kopf.on.resume(GROUP, VERSION, "routers")
 @kopf.on.create(GROUP, VERSION, "routers")
 @kopf.on.update(GROUP, VERSION, "routers")
-async def router(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _run(reconcile_router(memo.ctx, dict(body)))
+async def router(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    memo.ctx.saw_owner("Router", body.metadata.namespace or "default", body.metadata.name)
+    await _run(reconcile_router(memo.ctx, dict(body)), retry)
 
 
 @kopf.on.event(GROUP, VERSION, "modelpools")
@@ -156,15 +171,33 @@ async def agentprogram_deleted(body: kopf.Body, type: str | None, memo: kopf.Mem
         await forget_program(memo.ctx, dict(body))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER})
-async def child_deployment(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A Deployment the operator owns changed: refresh its owner's status."""
-    owner = next((r for r in body.metadata.get("ownerReferences", []) if r.get("controller")), None)
-    if owner is None or not str(owner.get("apiVersion", "")).startswith(f"{GROUP}/"):
+CHILD_RESOURCES = [
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+]
+"""Children whose watch events re-converge their owner (ScaledObjects and the router's peer Secret
+are not watched: the API may be absent, and Secrets are not listed cluster-wide; the resync heals them)."""
+
+
+async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any],
+                        **_: Any) -> None:  # fmt: skip
+    """A child the operator owns changed or was deleted: converge its owner (status included)."""
+    owner = shoal_owner(body)
+    if owner is None:
         return
-    namespace = body.metadata.namespace or "default"
-    deployment = None if type == "DELETED" else dict(body)
-    if owner["kind"] == "ModelPool":
-        await refresh_pool_status(memo.ctx, namespace, owner["name"], deployment)
-    elif owner["kind"] == "Router":
-        await refresh_router_status(memo.ctx, namespace, owner["name"], deployment)
+    kind, name = owner
+    try:
+        # Autoscalers the spec dropped were removed when the spec changed (and the resync prunes).
+        await converge_owner(memo.ctx, kind, body.metadata.namespace or "default", name, prune=False)
+    except (SpecRejected, NotReady) as exc:
+        logger.info("%s %s not converged after a %s event: %s", kind, name, body.get("kind"), exc)
+
+
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGER})(child_changed)

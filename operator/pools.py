@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from shoal.crds import ModelPoolSpec, Reason
 from shoal.operator.builders.common import Owner, selector_labels
 from shoal.operator.builders.modelpool import pool_children, service_url
+from shoal.operator.children import converge_all, delete_child
 from shoal.operator.context import (
     Ctx,
     NotReady,
@@ -17,7 +17,7 @@ from shoal.operator.context import (
     status_unchanged,
     validate_spec,
 )
-from shoal.operator.kube import DEPLOYMENTS, HPAS, MODELPOOLS, SCALEDOBJECTS, SECRETS
+from shoal.operator.kube import HPAS, MODELPOOLS, SCALEDOBJECTS, SECRETS
 from shoal.operator.status import now_rfc3339, pool_status, selector_string
 
 
@@ -28,24 +28,27 @@ async def reconcile_pool(ctx: Ctx, body: dict[str, Any], *, prune: bool = True) 
     invalid spec (no child is created or changed).
     """
     meta = body["metadata"]
-    async with ctx.lock("ModelPool", meta.get("namespace") or "default", meta["name"]):
-        return await _reconcile(ctx, body, prune)
+    namespace = meta.get("namespace") or "default"
+    async with ctx.lock("ModelPool", namespace, meta["name"]):
+        # Re-read: the caller's copy may be old, and a fresh one lets an unchanged status go unwritten.
+        body = await ctx.kube.get(MODELPOOLS, namespace, meta["name"]) or body
+        try:
+            return await _reconcile(ctx, body, prune)
+        except (SpecRejected, NotReady) as exc:
+            await report_problem(ctx, MODELPOOLS, body, exc.reason, exc.message)
+            raise
 
 
 async def _reconcile(ctx: Ctx, body: dict[str, Any], prune: bool) -> ModelPoolSpec:
-    try:
-        spec = validate_spec(ModelPoolSpec, body)
-        await _check_api_key_secret(ctx, Owner.of(body).namespace, spec)
-    except (SpecRejected, NotReady) as exc:
-        await report_problem(ctx, MODELPOOLS, body, exc.reason, exc.message)
-        raise
+    spec = validate_spec(ModelPoolSpec, body)
     owner = Owner.of(body)
+    await _check_api_key_secret(ctx, owner.namespace, spec)
     children = pool_children(owner, spec, ctx.images, keda=ctx.keda)
-    applied = await asyncio.gather(*(ctx.kube.apply(c) for c in children))
+    applied = await converge_all(ctx.kube, children)
     if prune:
         await _drop_stale_autoscalers(ctx, owner, spec)
     deployment = next(a for a in applied if a.get("kind") == "Deployment")
-    await write_pool_status(ctx, body, deployment, generation(body))
+    await write_pool_status(ctx, body, deployment, generation(body), fresh=True)
     return spec
 
 
@@ -66,7 +69,7 @@ async def _drop_stale_autoscalers(ctx: Ctx, owner: Owner, spec: ModelPoolSpec) -
     if not ctx.keda and SCALEDOBJECTS in stale:
         stale.remove(SCALEDOBJECTS)  # the API does not exist: nothing to delete
     for rt in stale:
-        await ctx.kube.delete(rt, owner.namespace, f"{owner.name}-engine")
+        await delete_child(ctx.kube, rt, owner.namespace, f"{owner.name}-engine")
 
 
 async def write_pool_status(
@@ -85,23 +88,3 @@ async def write_pool_status(
     if fresh and status_unchanged(body, status):
         return
     await ctx.kube.patch_status(MODELPOOLS, owner.namespace, owner.name, status)
-
-
-async def refresh_pool_status(ctx: Ctx, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
-    """Recompute a valid pool's status after its Deployment changed (invalid pools keep their Degraded status)."""
-    async with ctx.lock("ModelPool", namespace, name):
-        await _refresh(ctx, namespace, name, deployment)
-
-
-async def _refresh(ctx: Ctx, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
-    body = await ctx.kube.get(MODELPOOLS, namespace, name)
-    if body is None:
-        return
-    try:
-        validate_spec(ModelPoolSpec, body)
-    except SpecRejected:
-        return
-    if deployment is None:
-        deployment = await ctx.kube.get(DEPLOYMENTS, namespace, f"{name}-engine")
-    observed = (body.get("status") or {}).get("observedGeneration")
-    await write_pool_status(ctx, body, deployment, observed, fresh=True)

@@ -17,17 +17,19 @@ from shoal.operator.builders.router_config import (
     render,
     served_models,
 )
+from shoal.operator.children import ChildRejected, converge_all
 from shoal.operator.context import (
     Ctx,
     NotReady,
     SpecRejected,
+    degraded_reason,
     generation,
     report_problem,
     status_unchanged,
     try_spec,
     validate_spec,
 )
-from shoal.operator.kube import AGENTPROGRAMS, DEPLOYMENTS, MODELPOOLS, ROUTERS, SECRETS
+from shoal.operator.kube import AGENTPROGRAMS, DEPLOYMENTS, MODELPOOLS, ROUTERS, SECRETS, KubeError
 from shoal.operator.status import Rollout, merge_conditions, now_rfc3339, router_conditions
 from shoal.router.programs.config import ProgramClassConfig
 
@@ -97,11 +99,15 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
         if await ctx.kube.get(SECRETS, owner.namespace, secret) is None:
             raise NotReady(Reason.SECRET_NOT_FOUND, f"Secret {secret!r} with the API keys not found")
     if spec.replicas > 1:
-        await ctx.kube.create(peer_secret(owner))
-    applied = await asyncio.gather(*(ctx.kube.apply(c) for c in router_children(owner, spec, rendered, ctx.images)))
+        secret = peer_secret(owner)
+        try:
+            await ctx.kube.create(secret)
+        except KubeError as exc:
+            raise ChildRejected("Secret", secret["metadata"]["name"], exc) from None
+    applied = await converge_all(ctx.kube, router_children(owner, spec, rendered, ctx.images))
     deployment = next(a for a in applied if a.get("kind") == "Deployment")
     digest = config_hash(rendered.data())
-    await write_router_status(ctx, body, spec, deployment, pool_bodies, generation(body), digest)
+    await write_router_status(ctx, body, spec, deployment, pool_bodies, generation(body), digest, fresh=True)
     return digest
 
 
@@ -152,6 +158,8 @@ async def _refresh(ctx: Ctx, namespace: str, name: str, deployment: dict[str, An
     status = body.get("status") or {}
     if spec is None or not status.get("configHash"):
         return  # never reconciled successfully: the reconcile handler owns its status
+    if degraded_reason(body) == Reason.CHILD_REJECTED:
+        return  # the last reconcile failed: its condition stays until a reconcile succeeds
     if deployment is None:
         deployment = await ctx.kube.get(DEPLOYMENTS, namespace, f"{name}-router")
     if deployment is None:

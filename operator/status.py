@@ -70,11 +70,13 @@ class Rollout:
     """Message of an Available=False condition."""
     stalled: str | None = None
     """Message of a ProgressDeadlineExceeded condition."""
+    missing: bool = False
+    """There is no Deployment at all (deleted, or refused by the API server)."""
 
     @classmethod
     def of(cls, deployment: dict[str, Any] | None) -> Rollout:
         if deployment is None:
-            return cls(desired=0, observed=False)
+            return cls(desired=0, observed=False, missing=True)
         spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
         generation = (deployment.get("metadata") or {}).get("generation")
         conds = {c.get("type"): c for c in st.get("conditions") or []}
@@ -96,6 +98,14 @@ class Rollout:
 
 def workload_conditions(r: Rollout, what: str = "replicas") -> list[Cond]:
     """Ready / Progressing / Degraded of a Deployment-backed resource."""
+    if r.missing:
+        # Never "scaled to zero": nothing says how many replicas there should be.
+        why = f"the Deployment of the {what} does not exist (the operator recreates it)"
+        return [
+            Cond(ConditionType.READY, False, Reason.CHILD_MISSING, why),
+            Cond(ConditionType.PROGRESSING, True, Reason.RECONCILING, why),
+            Cond(ConditionType.DEGRADED, True, Reason.CHILD_MISSING, why),
+        ]
     counts = f"{r.ready}/{r.desired} {what} ready"
     if r.desired == 0:
         ready = Cond(ConditionType.READY, False, Reason.SCALED_TO_ZERO, f"scaled to zero {what}")

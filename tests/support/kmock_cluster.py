@@ -4,8 +4,20 @@ kmock 0.8 needs these additions for an operator: ``GET /api/v1/namespaces`` is r
 seeded ``default`` namespace); stored objects get ``uid``, ``resourceVersion``,
 ``creationTimestamp`` and ``generation`` (bumped on spec changes, as a real API server does; no-op patches change nothing); and
 deleting an object deletes its dependents by ``ownerReferences`` (the garbage collector); a
-server-side apply creates a missing object; a failed JSON-patch ``test`` is a 422. There
-are still no controllers (Deployments never get pods), no label selectors and no schema checks.
+failed JSON-patch ``test`` is a 422; and ``reject()`` makes the API refuse writes of one object
+with a 422 (as its validation would, e.g. for a bad quantity), for error-path tests.
+
+Server-side apply (``PATCH`` with ``application/apply-patch+yaml``), minimal but honest: it
+creates a missing object; it merges the applied fields (dicts key by key, lists replaced whole);
+it records the applied field set for the ``fieldManager`` in ``metadata.managedFields``
+(``operation: Apply``, FieldsV1) and removes the fields that manager applied before and no longer
+applies; an apply that changes nothing neither bumps ``resourceVersion`` nor emits a watch event.
+Not emulated: lists merged by key (a real server keeps a container another manager added),
+ownership taken by non-apply writers (a field someone else changed since is still removed when the
+applier drops it), conflicts (every apply acts as ``force=true``) and dry runs.
+
+Watches stream every change to every kind (children included). There are still no controllers
+(Deployments never get pods), no label selectors and no schema checks.
 
 ``python -m support.kmock_cluster --kubeconfig PATH`` serves one until interrupted.
 """
@@ -64,6 +76,8 @@ class ShoalEmulator(kmock.KubernetesEmulator):
         super().__init__()
         self._versions = itertools.count(1)
         self._namespaces = ["default"]
+        self.rejections: dict[tuple[str, str, str], str] = {}
+        """(plural, namespace, name) -> why writes of that object are refused with a 422."""
         for key, (kind, namespaced, subresources) in {**BUILTIN, **(KEDA if keda else {})}.items():
             self.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=_ALL_VERBS, subresources=subresources
@@ -90,13 +104,18 @@ class ShoalEmulator(kmock.KubernetesEmulator):
         return response
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        self._check_rejection(request)
         if request.resource is not None and request.action == enums.action.UPDATE and isinstance(request.data, dict):
             current = self._current(request)
-            if current is not None and dicts.patch_dict(current, request.data) == current:
+            apply = "apply-patch" in request.headers.get("Content-Type", "")
+            if current is None and apply:
+                return await self._apply_create(request)
+            unchanged = current is not None and dicts.patch_dict(current, request.data) == current
+            if apply and current is not None:
+                unchanged = self._prepare_apply(request, current)
+            if unchanged:
                 # A real API server neither bumps resourceVersion nor emits an event for a no-op patch.
                 return aiohttp.web.json_response(current)
-            if current is None and "apply-patch" in request.headers.get("Content-Type", ""):
-                return await self._apply_create(request)
         if request.resource is not None:
             self._stamp(request)
         try:
@@ -111,12 +130,43 @@ class ShoalEmulator(kmock.KubernetesEmulator):
             await self._collect_garbage()
         return response
 
+    def _check_rejection(self, request: rendering.Request) -> None:
+        if request.resource is None or request.subresource is not None or not isinstance(request.data, dict):
+            return
+        if request.action not in (enums.action.CREATE, enums.action.UPDATE):
+            return
+        meta = request.data.get("metadata") or {}
+        namespace = request.namespace or meta.get("namespace") or ""
+        name = request.name or meta.get("name") or ""
+        why = self.rejections.get((str(request.resource.plural), namespace, name))
+        if why is not None:
+            kind = self.resources[_resource_key(request.resource)].kind
+            group = f".{request.resource.group}" if request.resource.group else ""
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=f'{kind}{group} "{name}" is invalid: {why}')
+
+    def _prepare_apply(self, request: rendering.Request, current: dict[str, Any]) -> bool:
+        """Turn an apply into the merge patch it amounts to; True when it would change nothing."""
+        manager = request.params.get("fieldManager", "")
+        data: dict[str, Any] = request.data
+        entries = [e for e in (current.get("metadata") or {}).get("managedFields") or [] if isinstance(e, dict)]
+        before = next((e for e in entries if e.get("manager") == manager and e.get("operation") == "Apply"), None)
+        old_fields = _decode_fields((before or {}).get("fieldsV1") or {})
+        new_fields = _applied_fields(data)
+        for path in sorted(old_fields - new_fields):
+            _set_none(data, path)
+        if dicts.patch_dict(current, data) == current and old_fields == new_fields:
+            return True
+        entry = _managed_entry(manager, data, new_fields)
+        data.setdefault("metadata", {})["managedFields"] = [e for e in entries if e is not before] + [entry]
+        return False
+
     async def _apply_create(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """Server-side apply of a missing object creates it (as a real API server does)."""
         assert request.resource is not None and request.name is not None
         data = dict(request.data)
         meta = data.setdefault("metadata", {})
         meta.setdefault("namespace", request.namespace)
+        meta["managedFields"] = [_managed_entry(request.params.get("fieldManager", ""), data, _applied_fields(data))]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), creationTimestamp=_now(),
                     generation=1)  # fmt: skip
         key = (request.resource, request.namespace, request.name)
@@ -181,6 +231,63 @@ class ShoalEmulator(kmock.KubernetesEmulator):
                 return
 
 
+def _resource_key(resource: Any) -> str:
+    return "/".join(p for p in (resource.group, resource.version, resource.plural) if p)
+
+
+_UNTRACKED = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace"), ("metadata", "managedFields")}
+
+
+def _applied_fields(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Leaf paths of an applied object (a list is one leaf: no merge keys are emulated)."""
+    out: set[tuple[str, ...]] = set()
+    for key, value in obj.items():
+        path = (*prefix, key)
+        if path in _UNTRACKED:
+            continue
+        if isinstance(value, dict) and value:
+            out |= _applied_fields(value, path)
+        else:
+            out.add(path)
+    return out
+
+
+def _encode_fields(paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """FieldsV1 as a real API server writes it: {"f:spec": {"f:replicas": {}}}."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for key in path:
+            node = node.setdefault(f"f:{key}", {})
+    return root
+
+
+def _decode_fields(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for key, value in fields.items():
+        if not key.startswith("f:"):
+            continue
+        path = (*prefix, key[2:])
+        out |= _decode_fields(value, path) if value else {path}
+    return out
+
+
+def _set_none(data: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Mark ``path`` for removal in a merge patch (unless the patch sets a parent as a whole)."""
+    node = data
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            return
+        node = child
+    node.setdefault(path[-1], None)
+
+
+def _managed_entry(manager: str, data: dict[str, Any], fields: set[tuple[str, ...]]) -> dict[str, Any]:
+    return {"manager": manager, "operation": "Apply", "apiVersion": data.get("apiVersion"), "time": _now(),
+            "fieldsType": "FieldsV1", "fieldsV1": _encode_fields(fields)}  # fmt: skip
+
+
 class KmockCluster:
     """A ShoalEmulator on 127.0.0.1 served from a background thread, with a kubeconfig for clients.
 
@@ -222,6 +329,16 @@ class KmockCluster:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def reject(self, plural: str, namespace: str, name: str, why: str) -> None:
+        """From now on, creating or changing that object fails with 422 Invalid: ``why``."""
+        assert self.emulator is not None
+        self.emulator.rejections[(plural, namespace, name)] = why
+
+    def accept(self, plural: str, namespace: str, name: str) -> None:
+        """Undo ``reject``."""
+        assert self.emulator is not None
+        self.emulator.rejections.pop((plural, namespace, name), None)
 
 
 def kubeconfig_text(url: str) -> str:
