@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shoal.router.auth import KeyStore, RateLimiter
+from shoal.router.cold_start import DemandCollector, register_demand_route
 from shoal.router.config import RouterConfig
 from shoal.router.discovery import EndpointSource
 from shoal.router.errors import RouterError, http_error
@@ -63,6 +64,7 @@ def build_services(
         p.name: PoolRuntime(p, cfg, client, metrics, metrics, source=(sources or {}).get(p.name))
         for p in cfg.pools
     }
+    metrics.registry.register(DemandCollector(pools))
     upstream = UpstreamClient(cfg.timeouts.connect_s, cfg.limits.max_keepalive_connections)
     peers = None
     if cfg.peers is not None:
@@ -193,8 +195,11 @@ def create_app(cfg: RouterConfig, services: Services | None = None) -> FastPath:
             name: {"endpoints": len(p.endpoints), "healthy": sum(1 for e in p.endpoints if e.breaker.available)}
             for name, p in s.pools.items()
         }
-        ok = all(v["healthy"] > 0 for v in pools.values())
+        # A pool that scales from zero is served (its requests are held) with no engine at all.
+        ok = all(v["healthy"] > 0 or s.pools[name].cold_start is not None for name, v in pools.items())
         return JSONResponse({"status": "ok" if ok else "degraded", "pools": pools}, status_code=200 if ok else 503)
+
+    register_demand_route(app, s.pools)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -80,6 +80,15 @@ class TokenizerConfig(_Strict):
 
 
 
+class ColdStartConfig(_Strict):
+    """Hold requests while the pool has no ready engine (it scales from zero) instead of 503 at once."""
+
+    max_waiting: int = Field(default=256, ge=1, le=100_000)
+    """Requests held at once; more get 503 + Retry-After at once."""
+    timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    """How long a request is held before it gets 503 + Retry-After."""
+
+
 class PoolSettings(_Strict):
     """A pool's own settings: what a deployer chooses (the Router custom resource's ``pools[]``)."""
 
@@ -101,3 +110,6 @@ class PoolConfig(PoolSettings):
     """Served model names the engines answer to; the first is the one requests are rewritten to."""
     endpoints: EndpointsConfig
     """Where the replicas are."""
+    cold_start: ColdStartConfig | None = None
+    """The pool may scale to zero: hold its requests while no engine is ready (see
+    router/cold_start.py). Empty: no ready engine means 503 at once."""

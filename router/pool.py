@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from shoal.router.cold_start import ColdStartGate
 from shoal.router.config import PoolConfig, RouterConfig
 from shoal.router.discovery import EndpointSource, make_source
 from shoal.router.endpoints import (
@@ -71,6 +72,11 @@ class PoolRuntime:
         self._tokenizer_task: asyncio.Task[None] | None = None
         self._checking: set[str] = set()
         self._checks: set[asyncio.Task[None]] = set()
+        self.cold_start = (
+            ColdStartGate(cfg.name, cfg.cold_start, lambda: any(s.breaker.available for s in self.endpoints), clock)
+            if cfg.cold_start is not None
+            else None
+        )
 
     # lifecycle ------------------------------------------------------------------------------------
 
@@ -97,6 +103,8 @@ class PoolRuntime:
         async for urls in self._source.watch():
             log.info("pool %s: %d endpoint(s)", self.name, len(urls))
             self.endpoints.set_urls(sorted(urls))
+            if self.cold_start is not None:
+                self.cold_start.endpoints_changed()
 
     # polling --------------------------------------------------------------------------------------
 
@@ -107,6 +115,8 @@ class PoolRuntime:
                 await self.poll_once()
             except Exception:  # a poller must never die
                 log.exception("pool %s: polling failed", self.name)
+            if self.cold_start is not None:
+                self.cold_start.endpoints_changed()
             elapsed = self._clock() - started
             await asyncio.sleep(max(0.05, self._health.scrape_interval_s - elapsed))
 

@@ -262,6 +262,8 @@ class ProxyEndpoint:
         priority = self._priority(parsed, key_name)
         resolved = s.routes.resolve(parsed.model, parsed.prompt_text, parsed.program_id or parsed.session_id)
         pool = s.pools[resolved.pool]
+        if pool.cold_start is not None:  # a pool at zero: wait for its first engine
+            await pool.cold_start.wait_ready()
         programs = s.programs if parsed.program_id is not None else None
         digest = await self._digest(pool, parsed, salt) if pool.needs_hashes or programs else None
         ticket = await programs.before_call(parsed, headers, tenant, pool, digest) if programs else None
