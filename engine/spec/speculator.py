@@ -1,8 +1,9 @@
 """Which sequences draft this step and how much (torch-free): the engine's speculation policy.
 
 Draft length adapts per request to its recent acceptance (FASER): a request whose drafts
-keep landing drafts deeper, one whose drafts miss falls back to a single guessed token, so
-verification never costs much more than the plain decode it replaces. Past
+keep landing drafts deeper, one whose drafts miss falls back to a single guessed token and,
+missing on, drafts ever more rarely, so verification never costs much more than the plain
+decode it replaces. Past
 ``max_batch_size`` decoding sequences the step is compute-bound and nobody drafts.
 """
 
@@ -18,6 +19,8 @@ from shoal.engine.spec.token_tree import DraftTree
 
 _EMA = 0.5
 """Weight of the latest step in a request's acceptance average."""
+_MAX_COOLDOWN = 16
+"""Most steps a request that keeps missing sits out between drafts."""
 
 
 @dataclass
@@ -46,6 +49,10 @@ class Speculator:
         self.drafter = create_drafter(config)
         self.stats = SpecStats()
         self._accepted_avg: dict[int, float] = {}
+        self._misses: dict[int, int] = {}
+        """Drafts in a row that ``seq`` accepted nothing of."""
+        self._cooldown: dict[int, int] = {}
+        """Steps ``seq`` sits out before drafting again (doubling with each further miss)."""
 
     def propose(self, running: list[Sequence], max_model_len: int) -> None:
         """Set ``seq.draft`` on the running decodes that should speculate this step (None elsewhere)."""
@@ -57,7 +64,7 @@ class Speculator:
         if len(decodes) > self.config.max_batch_size:
             return
         for seq in decodes:
-            if not self.eligible(seq):
+            if not self.eligible(seq) or self._sits_out(seq):
                 continue
             room = max_model_len - len(seq)
             if seq.params.max_tokens is not None:
@@ -65,6 +72,12 @@ class Speculator:
             budget = min(self.budget(seq), room)
             if budget >= 1:
                 seq.draft = self.drafter.propose(seq, budget, min(self.config.max_depth, budget))
+
+    def _sits_out(self, seq: Sequence) -> bool:
+        left = self._cooldown.get(seq.seq_id, 0)
+        if left:
+            self._cooldown[seq.seq_id] = left - 1
+        return left > 0
 
     def budget(self, seq: Sequence) -> int:
         """Nodes to draft for ``seq``: twice its recent accepted length plus one, within the maximum."""
@@ -100,7 +113,15 @@ class Speculator:
             s.accepted_per_pos[pos] += 1
         prev = self._accepted_avg.get(seq.seq_id, float(num_accepted))
         self._accepted_avg[seq.seq_id] = (1 - _EMA) * prev + _EMA * num_accepted
+        if num_accepted:
+            self._misses.pop(seq.seq_id, None)
+            return
+        # misses in a row: sit out 1, 2, 4, ... steps (at most _MAX_COOLDOWN), so text the
+        # drafter cannot predict costs almost nothing
+        misses = self._misses[seq.seq_id] = self._misses.get(seq.seq_id, 0) + 1
+        self._cooldown[seq.seq_id] = min(_MAX_COOLDOWN, 2 ** (misses - 1))
 
     def release(self, seq: Sequence) -> None:
         self.drafter.release(seq)
-        self._accepted_avg.pop(seq.seq_id, None)
+        for state in (self._accepted_avg, self._misses, self._cooldown):
+            state.pop(seq.seq_id, None)

@@ -43,6 +43,8 @@ class TreeAttentionBackend(KernelBackend):
         self.inner = inner
         self.trees = trees
         self.name = inner.name
+        self._masks: dict[int, torch.Tensor] = {}
+        """Per batch row, built by the first layer and reused by the others."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.inner.rms_norm(x, weight, eps)
@@ -103,8 +105,13 @@ class TreeAttentionBackend(KernelBackend):
                 max(q_lens), max(ctx[b] for b in plain),
             )  # fmt: skip
         for b, tree in self.trees.items():
+            q_len = cu[b + 1] - cu[b]
+            mask = self._masks.get(b)
+            if mask is None:
+                group = q.shape[1] // k_cache.shape[2]  # query heads per KV head
+                mask = self._masks[b] = tree_attention_mask(tree, q_len, ctx[b], q.device).repeat(group, 1)
             out[cu[b] : cu[b + 1]] = self._tree_attention(
-                q[cu[b] : cu[b + 1]], k_cache, v_cache, block_tables[b], ctx[b], tree, scale
+                q[cu[b] : cu[b + 1]], k_cache, v_cache, block_tables[b], ctx[b], mask, scale
             )
         return out
 
@@ -115,23 +122,28 @@ class TreeAttentionBackend(KernelBackend):
         v_cache: torch.Tensor,
         table: torch.Tensor,
         length: int,
-        tree: DraftTree,
+        mask: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
+        """``mask``: the tree mask repeated once per query head of a KV head's group."""
         block_size = k_cache.shape[1]
         blocks = table[: -(-length // block_size)].to(torch.long)
-        keys = k_cache[blocks].flatten(0, 1)[:length].transpose(0, 1).to(q.dtype)  # [Hk, L, D]
-        values = v_cache[blocks].flatten(0, 1)[:length].transpose(0, 1).to(q.dtype)
-        group = q.shape[1] // keys.shape[0]
-        if group > 1:
-            keys = keys.repeat_interleave(group, dim=0)
-            values = values.repeat_interleave(group, dim=0)
-        mask = tree_attention_mask(tree, q.shape[0], length, q.device)
+        keys = _gather(k_cache, blocks, length).to(q.dtype)  # [Hk, L, D]
+        values = _gather(v_cache, blocks, length).to(q.dtype)
+        # GQA without copying K/V: a KV head's query group stacks along the query axis
+        num_q, num_heads, head_dim = q.shape
+        num_kv_heads = keys.shape[0]
+        group = num_heads // num_kv_heads
+        queries = q.transpose(0, 1).reshape(num_kv_heads, group * num_q, head_dim)
         res = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0),
-            keys.unsqueeze(0),
-            values.unsqueeze(0),
-            attn_mask=mask,
-            scale=scale,
+            queries.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=scale
         )
-        return res[0].transpose(0, 1)
+        return res[0].reshape(num_heads, num_q, head_dim).transpose(0, 1)
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """One sequence's first ``length`` cached tokens as ``[Hk, L, D]``, read in the cache's memory order."""
+    head_major = cache.permute(2, 0, 1, 3)  # [Hk, num_blocks, block_size, D]
+    if head_major.is_contiguous():  # the torch backend's layout: whole blocks per head are contiguous
+        return torch.index_select(head_major, 1, blocks).flatten(1, 2)[:, :length]
+    return cache.index_select(0, blocks).flatten(0, 1)[:length].transpose(0, 1)

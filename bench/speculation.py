@@ -1,0 +1,199 @@
+"""Speculative decoding at batch 1 on the bundled model: decode speed with and without the trie drafter.
+
+Tasks whose outputs repeat their inputs (extract from a given text, edit a given code file,
+a multi-turn follow-up) and one whose output does not (open-ended chat). Each task runs
+alone (batch 1, greedy) on a plain engine and on a speculating one (default settings),
+side by side so noise from other processes hits both; outputs must be token-identical.
+"cold": a fresh speculating engine (empty global trie); "learned": the same engine after it
+served a variant of every task (other text, other file, other conversation). Then the
+64-prompt batch workload of ``bench/offline.py`` with and without speculation.
+Writes ``bench/results/speculation.md``.
+
+    python bench/speculation.py            # everything (~15 min on 2 shared cores)
+    python bench/speculation.py --quick    # fewer tokens, no batch workload
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.engine import LLM, SamplingParams
+from shoal.engine.spec.config import SpeculationConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from offline import make_prompts  # the 64-prompt batch workload
+
+RESULTS = Path(__file__).parent / "results"
+MODEL = "bundled:smollm2-135m-instruct"
+
+TEXTS = [
+    "The river town of Elmford sits where two valleys meet. In spring the snowmelt swells the river and the old "
+    "stone bridge, built in 1842, closes for a week. The town council voted in March to replace the bridge with a "
+    "steel span that can carry trucks. Local historians oppose the plan and want the old bridge kept as a footpath. "
+    "The new bridge will cost 4.2 million dollars and take two years to build. Most shops in Elmford sell "
+    "fishing gear, maps and hot soup to hikers who walk the valley trail in summer.",
+    "The Northgate library opened a new reading room on the second floor this week. The room has forty desks, "
+    "twelve computers and a quiet corner for children. The library also extended its opening hours: it now opens "
+    "at eight in the morning and closes at nine in the evening on weekdays. Membership is free for residents of "
+    "Northgate and costs ten dollars a year for everyone else. The head librarian said the library lends more "
+    "than three thousand books every month, mostly novels, cookbooks and travel guides.",
+]
+CODE = [
+    "def total_price(items, tax_rate):\n    subtotal = 0\n    for item in items:\n        subtotal += item.price * "
+    "item.quantity\n    tax = subtotal * tax_rate\n    return subtotal + tax\n\n\ndef cheapest(items):\n    best = "
+    "None\n    for item in items:\n        if best is None or item.price < best.price:\n            best = item\n    "
+    "return best\n",
+    "def count_words(text):\n    counts = {}\n    for word in text.split():\n        word = word.lower()\n        "
+    "counts[word] = counts.get(word, 0) + 1\n    return counts\n\n\ndef top_words(text, n):\n    counts = "
+    "count_words(text)\n    ordered = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)\n    return "
+    "ordered[:n]\n",
+]
+RENAMES = [("items", "products"), ("text", "document")]
+CHAT = ["Write a short story about a dragon who learns to cook.", "Tell me about your favourite season and why."]
+
+
+def tasks(variant: int) -> dict[str, list[dict[str, str]]]:
+    text, code, (old, new) = TEXTS[variant], CODE[variant], RENAMES[variant]
+    first_answer = text.split(". ")[0] + ". " + text.split(". ")[1] + "."
+    return {
+        "extract": [{"role": "user", "content": f"Text:\n{text}\n\nCopy the sentences of the text that contain a "
+                                                 "number, word for word, one per line."}],
+        "code-edit": [{"role": "user", "content": f"```python\n{code}```\nRename the variable `{old}` to `{new}` "
+                                                   "everywhere. Reply with the whole edited file only."}],
+        "multi-turn": [
+            {"role": "user", "content": f"Text:\n{text}\n\nWhat are the first two sentences of the text?"},
+            {"role": "assistant", "content": first_answer},
+            {"role": "user", "content": "Repeat them exactly, then add the third sentence of the text."},
+        ],
+        "open-chat": [{"role": "user", "content": CHAT[variant]}],
+    }  # fmt: skip
+
+
+@dataclass
+class Run:
+    tokens: list[int]
+    decode_s: float
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted: int = 0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (len(self.tokens) - 1) / self.decode_s
+
+
+def run_one(llm: LLM, ids: list[int], max_tokens: int) -> Run:
+    """One request alone; decode time is from its first token to its last."""
+    engine = llm.engine
+    spec = engine.speculator
+    before = (spec.stats.num_drafts, spec.stats.num_draft_tokens, spec.stats.num_accepted_tokens) if spec else (0, 0, 0)
+    engine.add_request("bench", prompt_token_ids=ids, params=SamplingParams(temperature=0, max_tokens=max_tokens))
+    first = None
+    tokens: list[int] = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens = list(out.outputs[0].token_ids)
+            if first is None and tokens:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    after = (spec.stats.num_drafts, spec.stats.num_draft_tokens, spec.stats.num_accepted_tokens) if spec else (0, 0, 0)
+    assert first is not None
+    return Run(tokens, end - first, *(a - b for a, b in zip(after, before, strict=True)))
+
+
+def batch_workload(llm: LLM, max_tokens: int) -> tuple[float, list[list[int]]]:
+    ids = [llm.tokenizer.encode_chat(c) for c in make_prompts(64)]
+    start = time.perf_counter()
+    results = llm.generate(prompt_token_ids=ids, params=SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+    elapsed = time.perf_counter() - start
+    return sum(len(r.token_ids) for r in results) / elapsed, [list(r.token_ids) for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 output tokens per task, no batch workload")
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per task and side (the best is kept)")
+    args = parser.parse_args()
+    max_tokens = args.max_tokens or (64 if args.quick else 160)
+    plain = LLM(MODEL)
+    spec = LLM(MODEL, speculation=SpeculationConfig())
+    warm = plain.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+    for llm in (plain, spec):
+        run_one(llm, warm, 4)
+    rows = []
+    identical = True
+    for phase, variant in (("cold", 0), ("learned", 1)):
+        for name, chat in tasks(variant).items():
+            ids = plain.tokenizer.encode_chat(chat)
+            base = min((run_one(plain, ids, max_tokens) for _ in range(args.repeats)), key=lambda r: r.decode_s)
+            if phase == "cold":  # a fresh trie for every cold measurement: only the request's own text helps
+                spec = LLM(MODEL, speculation=SpeculationConfig())
+                run_one(spec, warm, 4)
+            runs = [run_one(spec, ids, max_tokens) for _ in range(1 if phase == "cold" else args.repeats)]
+            fast = min(runs, key=lambda r: r.decode_s)
+            identical &= all(r.tokens == base.tokens for r in runs)
+            rows.append((phase, name, base, fast))
+            print(f"{phase:8} {name:11} plain {base.decode_tok_s:6.1f} tok/s  spec {fast.decode_tok_s:6.1f} tok/s  "
+                  f"{fast.decode_tok_s / base.decode_tok_s:4.2f}x  tokens {len(base.tokens)}", flush=True)  # fmt: skip
+        if phase == "cold":  # traffic the learned phase benefits from: variant 0 of every task, served once
+            for chat in tasks(0).values():
+                run_one(spec, plain.tokenizer.encode_chat(chat), max_tokens)
+    batch = None
+    if not args.quick:
+        fresh = LLM(MODEL, speculation=SpeculationConfig())
+        plain_tok_s, plain_out = batch_workload(plain, 128)
+        spec_tok_s, spec_out = batch_workload(fresh, 128)
+        identical &= plain_out == spec_out
+        batch = (plain_tok_s, spec_tok_s)
+        print(f"batch-64 plain {plain_tok_s:.1f} tok/s  spec {spec_tok_s:.1f} tok/s  {spec_tok_s / plain_tok_s:.2f}x")
+    write_report(rows, batch, identical, max_tokens, args)
+
+
+def write_report(rows: list[tuple[str, str, Run, Run]], batch: tuple[float, float] | None, identical: bool,
+                 max_tokens: int, args: argparse.Namespace) -> None:  # fmt: skip
+    cfg = SpeculationConfig()
+    lines = [
+        "# Speculative decoding (trie drafter), batch 1, CPU",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        f"- command: `python bench/speculation.py{' --quick' if args.quick else ''}`",
+        f"- model: {MODEL} (Q4_1 GGUF, fp32 compute), greedy, up to {max_tokens} output tokens, default engine "
+        f"settings; speculation defaults: {cfg.max_draft_tokens} draft tokens, depth {cfg.max_depth}, "
+        f"off above {cfg.max_batch_size} decoding sequences",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- outputs token-identical with and without speculation: {identical}",
+        "",
+        "| trie | task | plain decode tok/s | spec decode tok/s | speedup | acceptance rate | mean accepted length |"
+        " output tokens |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase, name, base, fast in rows:
+        rate = fast.accepted / fast.draft_tokens if fast.draft_tokens else 0.0
+        mean = 1 + fast.accepted / fast.drafts if fast.drafts else 1.0
+        lines.append(f"| {phase} | {name} | {base.decode_tok_s:.1f} | {fast.decode_tok_s:.1f} | "
+                     f"{fast.decode_tok_s / base.decode_tok_s:.2f}x | {rate:.2f} | {mean:.2f} | {len(base.tokens)} |")  # fmt: skip
+    if batch is not None:
+        lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each): plain {batch[0]:.1f} "
+                      f"output tok/s, speculating engine {batch[1]:.1f} ({batch[1] / batch[0]:.2f}x)."]  # fmt: skip
+    lines += [
+        "",
+        "Acceptance rate = accepted / drafted tokens; mean accepted length = tokens emitted per verified draft "
+        "(accepted + the model's own). \"cold\": a fresh engine per task (only the request's own text is in any "
+        "trie); \"learned\": one engine that served the other variant of every task first (other text, file, "
+        "conversation), measured on new inputs. The plain engine's best of the timed runs is compared with "
+        "the speculating engine's best (one run when cold, as a second run would find the trie warm).",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speculation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
