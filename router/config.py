@@ -190,7 +190,7 @@ class RouterConfig(RouterSettings):
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        """JSON schema of ``router.yaml`` (camelCase keys), for the Router CRD and validation."""
+        """JSON schema of ``router.yaml`` (camelCase keys), printed by ``--print-schema``."""
         return cls.model_json_schema(by_alias=True, mode="validation")
 
     def to_yaml_dict(self) -> dict[str, Any]:
