@@ -38,6 +38,10 @@ class EngineConfig:
     """Seed of the engine's default generator (requests without their own seed)."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None keeps torch's default."""
+    weights: str = "auto"
+    """How GGUF Q4_1/Q8_0 weights are computed: ``native`` (from their quantized blocks with the
+    CPU kernels; CPU + float32 only), ``dequantized`` (fp32 copies: the parity reference) or
+    ``auto`` (native when the model, device and CPU allow it, else dequantized)."""
     max_pinned_blocks_per_tenant: int | None = None
     """KV blocks one tenant's program pins may hold; None = a quarter of the pool. Past it, the
     tenant's oldest pins are released first."""
@@ -63,5 +67,7 @@ class EngineConfig:
             raise ValueError(f"max_pinned_blocks_per_tenant must be >= 0, got {self.max_pinned_blocks_per_tenant}")
         if not 0 <= self.max_retention_s <= 7 * 86400:
             raise ValueError(f"max_retention_s must be in [0, 604800], got {self.max_retention_s}")
+        if self.weights not in ("auto", "native", "dequantized"):
+            raise ValueError(f"weights must be auto, native or dequantized, got {self.weights!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

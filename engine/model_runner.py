@@ -57,7 +57,7 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        loaded = load_model(config.model, self.dtype, self.device)
+        loaded = load_model(config.model, self.dtype, self.device, config.weights)
         self.model = loaded.model.eval()
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shoal.engine.kernels.cpu.quant_linear import BLOCK_BYTES, QuantizedWeight
 from shoal.engine.loader.errors import ModelLoadError
 from shoal.engine.loader.gguf_file import GGUFFile, GGUFTensor, read_gguf
 from shoal.engine.model_config import ModelConfig
@@ -146,6 +147,33 @@ def iter_weights(gguf_file: GGUFFile, config: ModelConfig) -> Iterator[tuple[str
         yield name, weight
 
 
+def quantized_weights(gguf_file: GGUFFile, config: ModelConfig) -> dict[str, QuantizedWeight]:
+    """``hf_name -> QuantizedWeight`` for the 2-D Q4_1/Q8_0 tensors, kept as their raw blocks.
+
+    Rows are un-permuted like :func:`iter_weights` (a row of blocks moves as a whole), so the
+    blocks hold exactly the weights the fp32 path dequantizes.
+    """
+    from gguf import GGMLQuantizationType
+
+    out: dict[str, QuantizedWeight] = {}
+    for tensor in gguf_file.tensors:
+        qtype = GGMLQuantizationType(tensor.ggml_type).name
+        name = hf_name(tensor.name)
+        if name is None or qtype not in BLOCK_BYTES or len(tensor.shape) != 2:
+            continue
+        rows, cols = tensor.shape
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only memmap: we never write to it
+            blocks = torch.from_numpy(tensor.data).reshape(rows, -1)
+        if config.architecture == "llama":
+            if name.endswith("self_attn.q_proj.weight"):
+                blocks = _unpermute(blocks, config.num_heads)
+            elif name.endswith("self_attn.k_proj.weight"):
+                blocks = _unpermute(blocks, config.num_kv_heads)
+        out[name] = QuantizedWeight(qtype, blocks.contiguous().clone(), cols)
+    return out
+
+
 def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     rows = w.shape[0]
     rest = w.shape[1:]
@@ -199,9 +227,18 @@ _FAST = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}
 
 
 def load_gguf(
-    path: Path, dtype: torch.dtype, device: torch.device | str
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    native_weights: bool = False,
+    require_native: bool = False,
 ) -> tuple[Any, ModelConfig, Any]:
-    """(model, config, tokenizer) from one GGUF file."""
+    """(model, config, tokenizer) from one GGUF file.
+
+    ``native_weights``: linear layers whose weights are Q4_1/Q8_0 in the file compute from those
+    blocks (CPU kernels) instead of fp32 copies; see ``LlamaForCausalLM.use_quantized_weights``.
+    ``require_native``: a file without such weights is an error instead of staying fp32.
+    """
     from shoal.engine.models.llama import LlamaForCausalLM
     from shoal.engine.tokenizer import Tokenizer
 
@@ -218,5 +255,9 @@ def load_gguf(
         raise ModelLoadError(f"cannot build the tokenizer from {path.name}: {exc}") from exc
     model = LlamaForCausalLM(config, dtype=dtype, device=device)
     model.load_weights(iter_weights(gguf_file, config))
+    if native_weights:
+        switched = model.use_quantized_weights(quantized_weights(gguf_file, config))
+        if switched == 0 and require_native:
+            raise ModelLoadError(f"weights=native: {path.name} has no Q4_1/Q8_0 linear weights to compute from")
     model.eval()
     return model, config, tokenizer

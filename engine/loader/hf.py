@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from shoal.engine.model_config import ModelConfig
 from shoal.engine.models.llama import LlamaForCausalLM
 from shoal.engine.tokenizer import Tokenizer
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -30,11 +33,14 @@ class LoadedModel:
     load_seconds: float = 0.0
 
 
-def load_model(spec: str, dtype: torch.dtype, device: torch.device | str) -> LoadedModel:
+def load_model(
+    spec: str, dtype: torch.dtype, device: torch.device | str, weights: str = "dequantized"
+) -> LoadedModel:
     """Load ``spec``: an HF folder, a ``.gguf`` file or ``bundled:<name>``.
 
     The model comes back in eval mode on ``device`` with ``dtype`` parameters. Any problem with
-    the spec or the files raises :class:`ModelLoadError` with a message naming it.
+    the spec or the files raises :class:`ModelLoadError` with a message naming it. ``weights``:
+    see :attr:`EngineConfig.weights <shoal.engine.config.EngineConfig.weights>`.
     """
     start = time.perf_counter()
     name: str | None = None
@@ -53,14 +59,38 @@ def load_model(spec: str, dtype: torch.dtype, device: torch.device | str) -> Loa
             raise ModelLoadError(f"{spec} is a file but not a .gguf model; give a .gguf file or an HF folder")
         from shoal.engine.loader.gguf_loader import load_gguf
 
-        model, config, tokenizer = load_gguf(path, dtype, device)
+        native = native_weights(weights, dtype, device)
+        model, config, tokenizer = load_gguf(path, dtype, device, native, require_native=weights == "native")
         name = name or path.stem
     elif path.is_dir():
+        if weights == "native":
+            raise ModelLoadError("weights=native needs a GGUF model with Q4_1/Q8_0 weights; this is an HF folder")
         model, config, tokenizer = load_hf_folder(path, dtype, device)
         name = name or path.resolve().name
     else:
         raise ModelLoadError(f"{spec} is neither an HF model folder nor a .gguf file")
     return LoadedModel(model, config, tokenizer, name, time.perf_counter() - start)
+
+
+def native_weights(weights: str, dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether a GGUF model computes from its quantized blocks (``weights`` = auto/native/dequantized)."""
+    from shoal.engine.kernels.cpu.build import KernelUnavailable, quant_kernels
+
+    if weights == "dequantized":
+        return False
+    fits = torch.device(device).type == "cpu" and dtype == torch.float32
+    if weights == "native" and not fits:
+        raise ModelLoadError(f"weights=native runs on CPU in float32 only (got {device}, {dtype})")
+    if not fits:
+        return False
+    try:
+        quant_kernels()
+    except KernelUnavailable as exc:
+        if weights == "native":
+            raise ModelLoadError(f"weights=native: {exc}") from exc
+        logger.warning("weights=auto: %s; using dequantized fp32 weights", exc)
+        return False
+    return True
 
 
 def load_hf_folder(

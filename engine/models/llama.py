@@ -12,7 +12,7 @@ or :meth:`LlamaForCausalLM.random_init_`. To build straight on a device without 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from shoal.engine.attention_context import AttentionContext
 from shoal.engine.kernels.backend import KernelBackend
+from shoal.engine.kernels.cpu.quant_linear import QuantizedWeight, quant_linear
 from shoal.engine.loader.errors import ModelLoadError
 from shoal.engine.model_config import ModelConfig
 from shoal.engine.models.rotary import build_cos_sin_cache
@@ -45,9 +46,22 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = factory.param(out_features, in_features)
         self.bias = factory.param(out_features) if bias else None
+        self.quantized: QuantizedWeight | None = None
+        """Set by ``use_quantized_weights``: compute from these blocks (``weight`` is then emptied)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            return quant_linear(x, self.quantized, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def quantize_(self, quantized: QuantizedWeight) -> None:
+        if (quantized.out_features, quantized.in_features) != tuple(self.weight.shape):
+            raise ModelLoadError(
+                f"quantized weight {quantized.out_features}x{quantized.in_features} does not fit "
+                f"a {tuple(self.weight.shape)} linear layer"
+            )
+        self.quantized = quantized
+        self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
 
 
 class Embedding(nn.Module):
@@ -189,6 +203,7 @@ class LlamaForCausalLM(nn.Module):
         )
         # Not a buffer: it must stay fp32 whatever dtype the model is cast to, and survive `to_empty`.
         self._cos_sin_cache: torch.Tensor | None = None
+        self._quantized_lm_head: QuantizedWeight | None = None
 
     @property
     def cos_sin_cache(self) -> torch.Tensor:
@@ -216,8 +231,45 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, vocab]`` float32 logits for the selected hidden states ``[N, hidden]``."""
+        if self._quantized_lm_head is not None:
+            return quant_linear(hidden.float(), self._quantized_lm_head)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def use_quantized_weights(self, quantized: Mapping[str, QuantizedWeight]) -> int:
+        """Compute linear layers (and the LM head) from quantized blocks; returns how many switched.
+
+        ``quantized`` maps HF weight names to blocks of the same values the fp32 weights were
+        loaded with. A fused layer (qkv, gate_up) switches only when all its parts are present in
+        one format; the rest stay fp32. The fp32 weights of switched layers are freed (the tied
+        input embedding stays: lookups read it).
+        """
+        if self.model.embed_tokens.weight.device.type != "cpu" or self.model.embed_tokens.weight.dtype != torch.float32:
+            raise ModelLoadError("quantized weights are computed by CPU kernels: they need device cpu and float32")
+        by_module: dict[str, list[tuple[int, str]]] = {}
+        for hf_proj, (fused, start, _) in self._shards().items():
+            by_module.setdefault(fused, []).append((start, hf_proj))
+        switched = 0
+        for name, module in self.named_modules():
+            if not isinstance(module, Linear) or name == "lm_head":
+                continue
+            prefix, _, leaf = name.rpartition(".")
+            parts = [f"{prefix}.{proj}.weight" for _, proj in sorted(by_module.get(leaf, []))] or [f"{name}.weight"]
+            pieces = [quantized.get(part) for part in parts]
+            present = [p for p in pieces if p is not None]
+            if len(present) != len(pieces) or len({p.qtype for p in present}) != 1:
+                continue
+            blocks = torch.cat([p.blocks for p in present]) if len(present) > 1 else present[0].blocks
+            module.quantize_(QuantizedWeight(present[0].qtype, blocks, present[0].in_features))
+            switched += 1
+        head = quantized.get("model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight")
+        if head is not None:
+            if self.lm_head is not None:
+                self.lm_head.quantize_(head)
+            self._quantized_lm_head = head
+            switched += 1
+        return switched
 
     @torch.no_grad()
     def random_init_(self, std: float = 0.02, seed: int | None = 0) -> LlamaForCausalLM:
