@@ -139,14 +139,18 @@ class ModelSource(ApiModel):
 
 
 class Speculation(ApiModel):
-    """Speculative decoding. Not supported yet: a pool that sets it is Degraded (FeatureNotSupported)."""
+    """Lossless speculative decoding: drafted tokens are verified in the same forward pass, so
+    outputs do not change; decoding speeds up when outputs repeat text the engine has seen."""
 
-    method: Literal["ngram", "draft"] = "ngram"
-    """ngram (prompt lookup) or draft (a smaller draft model)."""
-    num_speculative_tokens: Annotated[int, Field(ge=1, le=16)] = 4
-    """Tokens proposed per step."""
-    draft_model_uri: str | None = None
-    """Draft model location (method draft)."""
+    method: Literal["trie", "draft"] = "trie"
+    """trie: n-grams of the request's own prompt and output plus a trie learned from all traffic.
+    draft (a smaller draft model) is not supported: the pool is Degraded (FeatureNotSupported)."""
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=64)] = 8
+    """Most drafted tokens verified per sequence per step (the engine adapts below it to acceptance)."""
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    """No speculation once more sequences than this decode in one step (the step is compute-bound)."""
+    global_trie_nodes: Annotated[int, Field(ge=0, le=100_000_000)] = 200_000
+    """Memory bound of the trie learned from traffic, in nodes (0: each request's own text only)."""
 
 
 class SecretKeyRef(ApiModel):
@@ -191,7 +195,7 @@ class EngineSettings(ApiModel):
     """Most requests a replica holds without a first token; past it, HTTP 429 + Retry-After
     (empty: the engine default)."""
     speculation: Speculation | None = None
-    """Speculative decoding. Not supported yet: setting it makes the pool Degraded (FeatureNotSupported)."""
+    """Lossless speculative decoding (empty: off)."""
     auth: EngineAuth | None = None
     """Require an API key on the engines (empty: keyless engines, reachable by anything in the cluster)."""
     drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
@@ -319,8 +323,10 @@ class ModelPoolSpec(ApiModel):
 
     @model_validator(mode="after")
     def _supported(self) -> ModelPoolSpec:
-        if self.engine.speculation is not None:
-            raise spec_error(Reason.FEATURE_NOT_SUPPORTED, "engine.speculation: speculative decoding is not supported yet")
+        if self.engine.speculation is not None and self.engine.speculation.method == "draft":
+            raise spec_error(
+                Reason.FEATURE_NOT_SUPPORTED, "engine.speculation.method: draft models are not supported (use trie)"
+            )
         if self.adapters:
             raise spec_error(Reason.FEATURE_NOT_SUPPORTED, "adapters: LoRA adapters are not supported yet")
         a = self.autoscaling

@@ -38,4 +38,12 @@ def engine_args(spec: ModelPoolSpec, model: str, *, host: str, port: int) -> lis
         args += ["--kernels", e.kernels.value]
     if e.max_waiting_requests is not None:
         args += ["--max-waiting", str(e.max_waiting_requests)]
+    if e.speculation is not None:
+        s = e.speculation
+        args += [
+            "--speculation", s.method,
+            "--spec-max-draft-tokens", str(s.num_speculative_tokens),
+            "--spec-max-batch-size", str(s.max_batch_size),
+            "--spec-global-trie-nodes", str(s.global_trie_nodes),
+        ]  # fmt: skip
     return args

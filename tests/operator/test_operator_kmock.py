@@ -151,7 +151,7 @@ def test_valid_then_invalid_spec_is_degraded_and_keeps_children(api: Api, operat
     ns = "degrade"
     api.create(pool("chat", replicas=2), ns)
     wait_for(lambda: api.get(DEPLOYMENTS, ns, "chat-engine"), what="deployment")
-    api.patch(MODELPOOLS, ns, "chat", {"spec": {"replicas": 5, "engine": {"speculation": {"method": "ngram"}}}})
+    api.patch(MODELPOOLS, ns, "chat", {"spec": {"replicas": 5, "engine": {"speculation": {"method": "draft"}}}})
     wait_for(lambda: reason_of(api, MODELPOOLS, ns, "chat") == "FeatureNotSupported", what="Degraded")
     status = api.get(MODELPOOLS, ns, "chat")["status"]
     assert condition({"status": status}, "Ready")["status"] == "False"

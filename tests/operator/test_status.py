@@ -65,7 +65,7 @@ INVALID: list[tuple[type, str, dict[str, Any], Reason]] = [
     (ModelPoolSpec, "p", {"model": {"uri": "s3://bucket/m", "servedModelName": "m"}}, Reason.MODEL_SOURCE_INVALID),
     (ModelPoolSpec, "p", {"model": {"uri": "bundled:llama-405b", "servedModelName": "m"}}, Reason.MODEL_SOURCE_INVALID),
     (ModelPoolSpec, "p", {"model": {"uri": "pvc://claim-only", "servedModelName": "m"}}, Reason.MODEL_SOURCE_INVALID),
-    (ModelPoolSpec, "p", {"model": BUNDLED, "engine": {"speculation": {"method": "ngram"}}},
+    (ModelPoolSpec, "p", {"model": BUNDLED, "engine": {"speculation": {"method": "draft"}}},
      Reason.FEATURE_NOT_SUPPORTED),
     (ModelPoolSpec, "p", {"model": BUNDLED, "adapters": [{"name": "a", "uri": "file:///a"}]},
      Reason.FEATURE_NOT_SUPPORTED),
