@@ -30,9 +30,10 @@ from shoal.engine.server.protocol import (
     TokenizeRequest,
 )
 from shoal.engine.server.responses import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
-from shoal.engine.server.serving import ServerSettings, ServingContext
+from shoal.engine.server.serving import ServingContext
 from shoal.engine.server.serving_chat import create_chat_completion, encode_messages
 from shoal.engine.server.serving_completions import create_completion
+from shoal.engine.server.settings import ServerSettings
 
 
 def _json(model: Any) -> Response:

@@ -25,7 +25,7 @@ import uvicorn
 from shoal.engine.config import EngineConfig
 from shoal.engine.server.async_engine import AsyncEngine
 from shoal.engine.server.errors import APIError
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 logger = logging.getLogger("shoal.engine.server")
 

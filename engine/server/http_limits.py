@@ -17,7 +17,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shoal.engine.server.errors import APIError
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 

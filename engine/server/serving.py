@@ -1,28 +1,20 @@
-"""What the completions and chat handlers share: admission, prompt checks, engine
-submission, disconnect handling, usage and SSE framing."""
+"""Per-app state the completions and chat handlers share: admission, prompt checks,
+engine submission."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
 from shoal.engine.errors import PromptTooLongError
 from shoal.engine.sampling_params import SamplingParams
-from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError, RequestStream, StreamUpdate
+from shoal.engine.server.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from shoal.engine.server.caller import Caller
 from shoal.engine.server.errors import (
-    APIError,
     bad_request,
     draining,
     model_not_found,
@@ -31,39 +23,9 @@ from shoal.engine.server.errors import (
 )
 from shoal.engine.server.metrics import ServerMetrics
 from shoal.engine.server.protocol import _SamplingRequest
-from shoal.engine.server.responses import PromptTokensDetails, Usage
+from shoal.engine.server.settings import ServerSettings
 
 T = TypeVar("T")
-SSE_DONE = b"data: [DONE]\n\n"
-_MIN_LOGPROB = -9999.0  # JSON has no -inf
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """HTTP-side settings of one replica (engine settings live in ``EngineConfig``)."""
-
-    served_model_name: str
-    model_path: str = ""
-    max_waiting: int = 256
-    """Most accepted requests that have not produced a token yet; past it, 429."""
-    max_body_bytes: int = 8 * 1024 * 1024
-    retry_after_s: int = 1
-    api_key: str | None = None
-    tool_call_parser: str = "hermes"
-    """``hermes`` (Qwen/Hermes ``<tool_call>`` JSON) or ``none``."""
-    block_size: int = 16
-    max_header_bytes: int = 64 * 1024
-    """Total size of the request line and headers; past it, 431."""
-    max_header_count: int = 100
-    """Most request headers; past it, 431."""
-    header_timeout_s: float = 10.0
-    """Time to receive the complete request head; past it, 408 and the connection closes."""
-    body_timeout_s: float = 60.0
-    """Time to receive the complete body (e.g. a Content-Length never fulfilled); past it, 408."""
-    keep_alive_s: float = 30.0
-    """Idle time after which a keep-alive connection is closed."""
-    tokenizer_threads: int = 2
-    """Threads that render chat templates and tokenize (off the event loop)."""
 
 
 @dataclass
@@ -253,135 +215,3 @@ _PARAMS = ("stop_token_ids", "min_tokens", "max_tokens", "seed", "top_k", "top_p
 def _param_named(message: str) -> str | None:
     """The request parameter an engine ValueError is about (its messages start with the name)."""
     return next((p for p in _PARAMS if message.startswith(p)), None)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def clamp_logprob(value: float) -> float:
-    return value if math.isfinite(value) else _MIN_LOGPROB
-
-
-def top_logprobs(entry: dict[int, float], k: int) -> list[tuple[int, float]]:
-    return sorted(entry.items(), key=lambda kv: -kv[1])[:k]
-
-
-def usage_of(prompt_lens: Sequence[int], finals: Sequence[StreamUpdate]) -> Usage:
-    prompt = sum(prompt_lens)
-    completion = sum(len(o.token_ids) for f in finals for o in f.outputs)
-    cached = sum(f.num_cached_tokens for f in finals)
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-    )
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-def sse_usage(usage: Usage) -> bytes:
-    """The ``: shoal-usage {...}`` SSE comment that ends a program's stream (clients ignore comments)."""
-    payload = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-               "cached_tokens": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}  # fmt: skip
-    return b": shoal-usage " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-def sse_error(exc: BaseException) -> bytes:
-    error = exc if isinstance(exc, APIError) else APIError(500, f"{type(exc).__name__}: {exc}")
-    return sse(error.body())
-
-
-async def final_updates(streams: Sequence[RequestStream]) -> list[StreamUpdate]:
-    """Wait for every stream to finish; the last update of each."""
-
-    async def last(stream: RequestStream) -> StreamUpdate:
-        last_update = None
-        async for update in stream:
-            last_update = update
-        assert last_update is not None
-        return last_update
-
-    if len(streams) == 1:
-        return [await last(streams[0])]
-    return list(await asyncio.gather(*(last(s) for s in streams)))
-
-
-async def merged_updates(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, StreamUpdate]]:
-    """(stream position, update) from several streams as they come."""
-    if len(streams) == 1:
-        async for update in streams[0]:
-            yield 0, update
-        return
-    queue: asyncio.Queue[tuple[int, StreamUpdate | None, BaseException | None]] = asyncio.Queue()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for update in stream:
-                queue.put_nowait((i, update, None))
-            queue.put_nowait((i, None, None))
-        except BaseException as exc:
-            queue.put_nowait((i, None, exc))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            i, update, exc = await queue.get()
-            if exc is not None:
-                raise exc
-            if update is None:
-                remaining -= 1
-            else:
-                yield i, update
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-class EventStreamResponse(StreamingResponse):
-    """SSE response that runs ``on_close`` however it ends.
-
-    A client can vanish before the body generator first runs; its ``finally`` would
-    then never run, so the abort hangs off the response itself.
-    """
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
-
-
-class ClientDisconnected(Exception):
-    """The client went away before a non-streamed answer was ready."""
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client disconnects first (then cancel it and raise)."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    raise ClientDisconnected()

@@ -11,25 +11,14 @@ from starlette.responses import Response
 
 from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
 from shoal.engine.server.caller import caller_of
+from shoal.engine.server.disconnect import ClientDisconnected, until_disconnect
 from shoal.engine.server.errors import bad_request
 from shoal.engine.server.protocol import MAX_N, CompletionRequest
+from shoal.engine.server.response_parts import clamp_logprob, new_id, top_logprobs, usage_of
 from shoal.engine.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
-from shoal.engine.server.serving import (
-    SSE_DONE,
-    ClientDisconnected,
-    EventStreamResponse,
-    ServingContext,
-    clamp_logprob,
-    final_updates,
-    merged_updates,
-    new_id,
-    sse,
-    sse_error,
-    sse_usage,
-    top_logprobs,
-    until_disconnect,
-    usage_of,
-)
+from shoal.engine.server.serving import ServingContext
+from shoal.engine.server.sse import SSE_DONE, EventStreamResponse, sse, sse_error, sse_usage
+from shoal.engine.server.stream_merge import final_updates, merged_updates
 
 
 def _logprobs(

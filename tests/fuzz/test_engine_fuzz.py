@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
 from server_fakes import FakeEngine
 from server_helpers import build_app, serve_in_thread
 
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 pytestmark = pytest.mark.fuzz
 

@@ -104,7 +104,7 @@ async def engine_client(agent_model: Path) -> AsyncIterator[httpx.AsyncClient]:
     from shoal.engine.llm_engine import LLMEngine
     from shoal.engine.server.api_server import create_app
     from shoal.engine.server.async_engine import AsyncEngine
-    from shoal.engine.server.serving import ServerSettings
+    from shoal.engine.server.settings import ServerSettings
 
     config = EngineConfig(model=str(agent_model), device="cpu", block_size=BLOCK_SIZE, num_kv_blocks=1024,
                           max_model_len=2048, num_threads=1)  # fmt: skip

@@ -24,7 +24,7 @@ from server_fakes import FakeEngine
 from shoal.engine.server.api_server import create_app
 from shoal.engine.server.async_engine import AsyncEngine
 from shoal.engine.server.http_limits import uvicorn_config
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 from support.processes import wait_healthy
 
 

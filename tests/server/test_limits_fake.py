@@ -12,7 +12,7 @@ import httpx
 from server_fakes import FakeEngine
 from server_helpers import build_app, serve_in_thread
 
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 LIMITS = ServerSettings(
     served_model_name="fake-model",

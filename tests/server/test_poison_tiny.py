@@ -18,7 +18,7 @@ from shoal.engine.config import EngineConfig
 from shoal.engine.llm_engine import LLMEngine
 from shoal.engine.server.api_server import create_app
 from shoal.engine.server.async_engine import AsyncEngine
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 USER = [{"role": "user", "content": "hello there"}]
 # The three bodies of issue 11, each of which stopped the engine loop for good.

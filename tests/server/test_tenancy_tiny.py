@@ -14,7 +14,7 @@ from shoal.engine.config import EngineConfig
 from shoal.engine.llm_engine import LLMEngine
 from shoal.engine.server.api_server import create_app
 from shoal.engine.server.async_engine import AsyncEngine
-from shoal.engine.server.serving import ServerSettings
+from shoal.engine.server.settings import ServerSettings
 
 QUOTA = 4
 SECRET = [{"role": "user", "content": "alice's secret plan: " + "buy low, sell high; " * 12}]
