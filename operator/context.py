@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ class Ctx:
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     _program_namespaces: set[str] = field(default_factory=set)
     _owners: set[tuple[str, str, str]] = field(default_factory=set)
+    _converged: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def saw_owner(self, kind: str, namespace: str, name: str) -> None:
         """Record a ModelPool or Router the periodic resync converges (kopf resumes every existing
@@ -49,6 +51,24 @@ class Ctx:
     def owners(self) -> list[tuple[str, str, str]]:
         """(kind, namespace, name) of every owner seen and not found gone since."""
         return sorted(self._owners)
+
+    def note_converged(self, children: list[dict[str, Any]]) -> None:
+        """Record children just found or made to match what Shoal applies (their resourceVersions)."""
+        for child in children:
+            meta = child.get("metadata") or {}
+            key = (str(child.get("kind")), meta.get("namespace") or "default", str(meta.get("name")))
+            self._converged[key] = str(meta.get("resourceVersion"))
+
+    def is_converged(self, child: Mapping[str, Any]) -> bool:
+        """Whether this version of a child is one Shoal already checked (e.g. the watch event of
+        its own apply): converging its owner again would change nothing."""
+        meta = child.get("metadata") or {}
+        key = (str(child.get("kind")), meta.get("namespace") or "default", str(meta.get("name")))
+        return meta.get("resourceVersion") is not None and self._converged.get(key) == str(meta["resourceVersion"])
+
+    def forget_child(self, child: Mapping[str, Any]) -> None:
+        meta = child.get("metadata") or {}
+        self._converged.pop((str(child.get("kind")), meta.get("namespace") or "default", str(meta.get("name"))), None)
 
     def saw_program_in(self, namespace: str) -> None:
         """Record a namespace with AgentPrograms (the status poll lists only those: an operator

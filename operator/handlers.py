@@ -31,6 +31,9 @@ from shoal.operator.programs import forget_program, reconcile_program
 from shoal.operator.reconcile import converge_owner, resync_forever, shoal_owner
 from shoal.operator.router_classes import HttpClassesFetcher
 from shoal.operator.routers import reconcile_router, refresh_router_status
+from shoal.operator.scale_to_zero import DEFAULT_INTERVAL_S as DEFAULT_SCALE_INTERVAL_S
+from shoal.operator.scale_to_zero import INTERVAL_ENV as SCALE_INTERVAL_ENV
+from shoal.operator.scale_to_zero import HttpDemandFetcher, scale_forever
 
 
 @kopf.on.startup()
@@ -60,6 +63,9 @@ async def startup(
     memo.program_status_task = asyncio.create_task(poll_program_statuses(memo.ctx, interval))
     resync = _positive_seconds("SHOAL_RESYNC_INTERVAL", 60.0)
     memo.resync_task = asyncio.create_task(resync_forever(memo.ctx, resync))
+    memo.demand_fetcher = HttpDemandFetcher()
+    scale_interval = _positive_seconds(SCALE_INTERVAL_ENV, DEFAULT_SCALE_INTERVAL_S)
+    memo.scale_task = asyncio.create_task(scale_forever(memo.ctx, memo.demand_fetcher, scale_interval))
     logger.info("shoal operator: autoscaling via %s", "KEDA" if keda else "HPA")
 
 
@@ -76,7 +82,7 @@ def _positive_seconds(env: str, default: float) -> float:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for attr in ("program_status_task", "resync_task"):
+    for attr in ("program_status_task", "resync_task", "scale_task"):
         task: asyncio.Task[None] | None = getattr(memo, attr, None)
         if task is not None:
             task.cancel()
@@ -86,6 +92,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if ctx is not None:
         if isinstance(ctx.fetch_classes, HttpClassesFetcher):
             await ctx.fetch_classes.aclose()
+        fetcher: HttpDemandFetcher | None = getattr(memo, "demand_fetcher", None)
+        if fetcher is not None:
+            await fetcher.aclose()
         await ctx.kube.aclose()
 
 
@@ -185,16 +194,21 @@ CHILD_RESOURCES = [
 are not watched: the API may be absent, and Secrets are not listed cluster-wide; the resync heals them)."""
 
 
-async def child_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any],
-                        **_: Any) -> None:  # fmt: skip
+async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                        logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:  # fmt: skip
     """A child the operator owns changed or was deleted: converge its owner (status included)."""
+    ctx: Ctx = memo.ctx
     owner = shoal_owner(body)
     if owner is None:
         return
+    if type == "DELETED":
+        ctx.forget_child(body)
+    elif ctx.is_converged(body):
+        return  # the echo of Shoal's own apply, or a version already checked
     kind, name = owner
     try:
         # Autoscalers the spec dropped were removed when the spec changed (and the resync prunes).
-        await converge_owner(memo.ctx, kind, body.metadata.namespace or "default", name, prune=False)
+        await converge_owner(ctx, kind, body.metadata.namespace or "default", name, prune=False)
     except (SpecRejected, NotReady) as exc:
         logger.info("%s %s not converged after a %s event: %s", kind, name, body.get("kind"), exc)
 

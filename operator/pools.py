@@ -45,6 +45,7 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any], prune: bool) -> ModelPoolSp
     await _check_api_key_secret(ctx, owner.namespace, spec)
     children = pool_children(owner, spec, ctx.images, keda=ctx.keda)
     applied = await converge_all(ctx.kube, children)
+    ctx.note_converged(applied)
     if prune:
         await _drop_stale_autoscalers(ctx, owner, spec)
     deployment = next(a for a in applied if a.get("kind") == "Deployment")

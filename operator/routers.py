@@ -105,6 +105,7 @@ async def _reconcile(ctx: Ctx, body: dict[str, Any]) -> str:
         except KubeError as exc:
             raise ChildRejected("Secret", secret["metadata"]["name"], exc) from None
     applied = await converge_all(ctx.kube, router_children(owner, spec, rendered, ctx.images))
+    ctx.note_converged(applied)
     deployment = next(a for a in applied if a.get("kind") == "Deployment")
     digest = config_hash(rendered.data())
     await write_router_status(ctx, body, spec, deployment, pool_bodies, generation(body), digest, fresh=True)
