@@ -40,8 +40,38 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Strict):
+    """``response_format.json_schema``: the schema the answer must match."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    """Accepted for compatibility: the schema is always enforced (as if true)."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not TOOL_NAME.match(value):
+            raise ValueError("json_schema.name must be 1-64 characters of [a-zA-Z0-9_-]")
+        return value
+
+
 class ResponseFormat(_Strict):
-    type: Literal["text"]
+    """``text`` (free), ``json_object`` (any JSON object) or ``json_schema`` (grammar-enforced)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"response_format of type {self.type} takes no json_schema")
+        return self
 
 
 class _SamplingRequest(_Strict):

@@ -29,7 +29,13 @@ from shoal.engine.server.responses import (
 from shoal.engine.server.serving import ServingContext
 from shoal.engine.server.sse import SSE_DONE, EventStreamResponse, sse, sse_error, sse_usage
 from shoal.engine.server.stream_merge import final_updates
-from shoal.engine.server.tool_calls import ParsedToolCall, StreamingToolParser, parse_tool_calls
+from shoal.engine.server.structured_request import compile_grammar, constrain, structured_output
+from shoal.engine.server.tool_calls import (
+    ParsedToolCall,
+    StreamingToolParser,
+    ToolCallDelta,
+    parse_tool_calls,
+)
 
 
 def template_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
@@ -81,6 +87,24 @@ def _tool_call_out(call: ParsedToolCall) -> ToolCallOut:
     return ToolCallOut(id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
 
 
+def _merged_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Tool-call deltas as OpenAI streams them: a call's id, type and name alone (arguments ""),
+    then its argument text (consecutive pieces of one call merged)."""
+    entries: list[dict[str, Any]] = []
+    for d in deltas:
+        if d.id is not None:
+            entries.append({"index": d.index, "id": d.id, "type": "function",
+                            "function": {"name": d.name, "arguments": ""}})  # fmt: skip
+        if not d.arguments:
+            continue
+        last = entries[-1] if entries else None
+        if last is not None and last["index"] == d.index and "id" not in last:
+            last["function"]["arguments"] += d.arguments
+        else:
+            entries.append({"index": d.index, "function": {"arguments": d.arguments}})
+    return entries
+
+
 def _text_bytes(req: ChatCompletionRequest) -> int:
     """UTF-8 size of the text the client sent (contents, tool-call arguments): no tokenizer needed."""
     total = 0
@@ -108,6 +132,13 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
     max_tokens = ctx.output_budget(len(ids), req.output_limit(), "messages")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = ctx.sampling_params(req, max_tokens, logprobs)
+    spec = structured_output(req, tools)
+    if spec is not None:
+        if tools is not None and req.tool_choice not in (None, "auto") and ctx.settings.tool_call_parser != "hermes":
+            raise bad_request("a required or named tool_choice needs --tool-call-parser hermes", param="tool_choice")
+        param = "response_format" if req.response_format is not None else "tools"
+        await ctx.off_loop(compile_grammar, ctx.engine.engine, spec, param)
+    params = constrain(params, req, spec, tools)
     ctx.admit(req.n)
     request_id = new_id("chatcmpl")
     streams = await ctx.submit(request_id, req, [ids], [params], arrival, caller)
@@ -187,29 +218,25 @@ async def _stream(
                     items = _chat_logprobs(ctx, out, sent_tokens[i], req.top_logprobs or 0)
                     lp = {"content": [item.model_dump() for item in items]}
                 sent_text[i], sent_tokens[i] = len(out.text), len(out.token_ids)
-                calls: list[ParsedToolCall] = []
+                calls: list[ToolCallDelta] = []
                 if parse_tools:
                     text, calls = parsers[i].feed(text)
                     if out.finish_reason is not None:
                         tail, more = parsers[i].finish()
                         text, calls = text + tail, calls + more
-                delta: dict[str, Any] = {}
-                if text:
-                    delta["content"] = text
-                if calls:
-                    first = parsers[i].num_calls - len(calls)
-                    delta["tool_calls"] = [
-                        {"index": first + k, "id": c.id, "type": "function",
-                         "function": {"name": c.name, "arguments": c.arguments}}
-                        for k, c in enumerate(calls)
-                    ]  # fmt: skip
                 finish = out.finish_reason
                 if finish is not None:
                     done.add(i)
                     if finish == "stop" and parsers[i].num_calls:
                         finish = "tool_calls"
-                if delta or lp is not None or finish is not None:
-                    yield chunk(i, delta, lp, finish)
+                # content (with logprobs) first, then each call piece in its own chunk
+                pieces = [{"tool_calls": [entry]} for entry in _merged_deltas(calls)]
+                if text or lp is not None or not pieces:
+                    pieces.insert(0, {"content": text} if text else {})
+                for k, delta in enumerate(pieces):
+                    last = k == len(pieces) - 1
+                    if delta or (k == 0 and lp is not None) or (last and finish is not None):
+                        yield chunk(i, delta, lp if k == 0 else None, finish if last else None)
         if final is not None:
             usage = usage_of([prompt_len], [final])
             if req.include_usage():

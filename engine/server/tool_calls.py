@@ -1,19 +1,26 @@
 """Tool calls in the Qwen/Hermes style: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
-:func:`parse_tool_calls` splits a finished completion into content and calls;
-:class:`StreamingToolParser` does the same incrementally, holding back anything
-that could still become a tag so ``<tool_call>`` never leaks into streamed content.
-A block whose body is not a valid call stays content (nothing the model wrote is lost).
+:class:`StreamingToolParser` splits generated text, as it arrives, into content and
+:class:`ToolCallDelta` s the way OpenAI streams them: a call's first delta carries its
+id and name (with ``arguments == ""``) as soon as ``{"name": "...", "arguments": `` is
+complete, then the raw argument text follows in pieces. Anything that could still
+become a tag is held back, so ``<tool_call>`` never leaks into streamed content.
+:func:`parse_tool_calls` runs the same parser over a whole completion, so a streamed
+call reassembles to exactly the non-streamed one. A block that is not a call stays
+content (nothing the model wrote is lost).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
+_HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"([a-zA-Z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*(?=\{)')
+"""The start of a call body up to its arguments object (name first, as the grammar writes it)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,16 @@ class ParsedToolCall:
     id: str
     name: str
     arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of call ``index``: the first carries ``id`` and ``name``; the rest argument text."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
 
 
 def new_call_id() -> str:
@@ -45,13 +62,24 @@ def parse_call_body(body: str) -> ParsedToolCall | None:
 def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedToolCall]]:
     """Split a whole completion into (content or None, tool calls)."""
     parser = StreamingToolParser()
-    content, calls = parser.feed(text)
+    content, deltas = parser.feed(text)
     tail, more = parser.finish()
     content += tail
-    calls += more
+    calls = merge_deltas(deltas + more)
     if calls:
         content = content.strip()
     return (content or None), calls
+
+
+def merge_deltas(deltas: list[ToolCallDelta]) -> list[ParsedToolCall]:
+    """Whole calls from their deltas (what a streaming client reassembles)."""
+    heads: dict[int, ToolCallDelta] = {}
+    arguments: dict[int, list[str]] = {}
+    for d in deltas:
+        if d.id is not None:
+            heads[d.index] = d
+        arguments.setdefault(d.index, []).append(d.arguments)
+    return [ParsedToolCall(h.id or "", h.name or "", "".join(arguments[i])) for i, h in sorted(heads.items())]
 
 
 def _held_back(buffer: str, tag: str) -> int:
@@ -62,26 +90,55 @@ def _held_back(buffer: str, tag: str) -> int:
     return 0
 
 
+def json_value_end(text: str) -> int | None:
+    """Index just past the JSON object or array at the start of ``text``; None while it is open."""
+    depth = 0
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
 class StreamingToolParser:
-    """Feed text deltas; get back content deltas and completed tool calls."""
+    """Feed text deltas; get back content deltas and tool-call deltas."""
 
     def __init__(self) -> None:
         self._buffer = ""
         self._in_call = False
+        self._call_id: str | None = None
+        """Set once the current call's header (id, name) went out."""
+        self._args_start = 0
+        self._args_sent = 0
         self.num_calls = 0
 
-    def feed(self, delta: str) -> tuple[str, list[ParsedToolCall]]:
+    def feed(self, delta: str) -> tuple[str, list[ToolCallDelta]]:
         self._buffer += delta
         content: list[str] = []
-        calls: list[ParsedToolCall] = []
+        calls: list[ToolCallDelta] = []
         while True:
             if self._in_call:
                 end = self._buffer.find(CLOSE_TAG)
                 if end < 0:
+                    self._stream_arguments(
+                        self._buffer[: len(self._buffer) - _held_back(self._buffer, CLOSE_TAG)], calls
+                    )
                     break
                 body = self._buffer[:end]
                 self._buffer = self._buffer[end + len(CLOSE_TAG) :]
-                self._in_call = False
                 self._close(body, content, calls, closed=True)
                 continue
             start = self._buffer.find(OPEN_TAG)
@@ -99,24 +156,48 @@ class StreamingToolParser:
             break
         return self._tidy("".join(content)), calls
 
-    def finish(self) -> tuple[str, list[ParsedToolCall]]:
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
         """Flush at the end of the completion (an unterminated call is parsed if it is whole JSON)."""
         content: list[str] = []
-        calls: list[ParsedToolCall] = []
+        calls: list[ToolCallDelta] = []
         if self._in_call:
             self._close(self._buffer, content, calls, closed=False)
         elif not self.num_calls or self._buffer.strip():
             content.append(self._buffer)
         self._buffer = ""
-        self._in_call = False
         return self._tidy("".join(content)), calls
 
-    def _close(self, body: str, content: list[str], calls: list[ParsedToolCall], closed: bool) -> None:
+    def _stream_arguments(self, body: str, calls: list[ToolCallDelta]) -> None:
+        """Send the call's header once it is complete, then any new argument text."""
+        if self._call_id is None:
+            match = _HEADER.match(body)
+            if match is None:
+                return
+            self._call_id = new_call_id()
+            self._args_start, self._args_sent = match.end(), 0
+            calls.append(ToolCallDelta(self.num_calls, "", self._call_id, match.group(1)))
+        args = body[self._args_start :]
+        end = json_value_end(args)
+        upto = len(args) if end is None else end
+        if upto > self._args_sent:
+            calls.append(ToolCallDelta(self.num_calls, args[self._args_sent : upto]))
+            self._args_sent = upto
+
+    def _close(self, body: str, content: list[str], calls: list[ToolCallDelta], closed: bool) -> None:
+        self._in_call = False
+        self._stream_arguments(body, calls)
+        if self._call_id is not None:  # its id and name went out already: the call stands
+            self._end_call()
+            return
         call = parse_call_body(body)
         if call is None:
             content.append(OPEN_TAG + body + (CLOSE_TAG if closed else ""))
             return
-        calls.append(call)
+        calls.append(ToolCallDelta(self.num_calls, call.arguments, call.id, call.name))
+        self._end_call()
+
+    def _end_call(self) -> None:
+        self._call_id = None
         self.num_calls += 1
 
     def _tidy(self, content: str) -> str:

@@ -144,14 +144,16 @@ async def test_tool_calls_round_trip(make_client: Any) -> None:
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     assert call["id"].startswith("call_")
     assert "get_weather" in engine.tokenizer.decode(engine.added[-1][2]["prompt_token_ids"])
-    # Streamed: no tag leaks into content; one tool_calls delta.
+    # Streamed: no tag leaks into content; the call's id and name first, then its argument text.
     r = await post(client, "/v1/chat/completions", {"messages": messages, "tools": TOOLS, "max_tokens": 200,
                                                     "stream": True})  # fmt: skip
     events = sse_events(r.text)[:-1]
     content = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
     assert "<tool_call>" not in content and content == ""
     deltas = [tc for e in events for tc in e["choices"][0]["delta"].get("tool_calls", [])]
-    assert [d["function"]["name"] for d in deltas] == ["get_weather"] and deltas[0]["index"] == 0
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""} and deltas[0]["index"] == 0
+    assert [d["function"].get("name") for d in deltas[1:]] == [None] * (len(deltas) - 1)
+    assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Paris"}'
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
     # Round trip: send the call and its result back.
     messages += [

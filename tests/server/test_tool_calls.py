@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shoal.engine.server.tool_calls import StreamingToolParser, parse_tool_calls
+from shoal.engine.server.tool_calls import StreamingToolParser, merge_deltas, parse_tool_calls
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
 
@@ -16,18 +16,20 @@ def stream(text: str, cut: int) -> tuple[str, list[tuple[str, str]]]:
     """Feed ``text`` in pieces of ``cut`` characters."""
     parser = StreamingToolParser()
     content = ""
-    calls: list[Any] = []
+    deltas: list[Any] = []
     for i in range(0, len(text), cut):
-        c, cs = parser.feed(text[i : i + cut])
-        content, calls = content + c, calls + cs
-    c, cs = parser.finish()
-    return content + c, [(x.name, x.arguments) for x in calls + cs]
+        c, ds = parser.feed(text[i : i + cut])
+        content, deltas = content + c, deltas + ds
+    c, ds = parser.finish()
+    return content + c, [(x.name, x.arguments) for x in merge_deltas(deltas + ds)]
 
 
 def test_single_call() -> None:
     content, calls = parse_tool_calls(CALL)
     assert content is None
-    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris", "unit": "C"})]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris", "unit": "C"})
+    ]
 
 
 def test_text_then_two_calls() -> None:
