@@ -12,7 +12,7 @@ export PYTHONSAFEPATH := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes gpu-check clean
+.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes bench-speculation gpu-check clean
 
 $(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -74,6 +74,10 @@ bench-programs: $(STAMP)
 # Tool sandboxes: start cold vs warm pool, preparation hidden by pre-warm, leaks (issue 10; root for full isolation).
 bench-sandboxes: $(STAMP)
 	$(PY) bench/sandboxes.py
+
+# Speculative decoding at batch 1 (trie drafter, cold vs learned) + the 64-prompt batch workload (issue 14).
+bench-speculation: $(STAMP)
+	$(PY) bench/speculation.py
 
 # On a machine with an NVIDIA GPU (not run by CI).
 gpu-check:

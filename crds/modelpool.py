@@ -145,7 +145,7 @@ class Speculation(ApiModel):
     method: Literal["trie", "draft"] = "trie"
     """trie: n-grams of the request's own prompt and output plus a trie learned from all traffic.
     draft (a smaller draft model) is not supported: the pool is Degraded (FeatureNotSupported)."""
-    num_speculative_tokens: Annotated[int, Field(ge=1, le=64)] = 8
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=63)] = 8
     """Most drafted tokens verified per sequence per step (the engine adapts below it to acceptance)."""
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
     """No speculation once more sequences than this decode in one step (the step is compute-bound)."""

@@ -30,8 +30,8 @@ class SpeculationConfig:
             raise ValueError(
                 f"speculation method must be one of {', '.join(DRAFTER_NAMES)}, got {self.method!r}"
             )
-        if not 1 <= self.max_draft_tokens <= 64:
-            raise ValueError(f"max_draft_tokens must be in [1, 64], got {self.max_draft_tokens}")
+        if not 1 <= self.max_draft_tokens <= 63:  # the Triton kernel's tree mask is one int64 per token
+            raise ValueError(f"max_draft_tokens must be in [1, 63], got {self.max_draft_tokens}")
         if not 1 <= self.max_depth <= self.max_draft_tokens:
             raise ValueError(f"max_depth must be in [1, max_draft_tokens], got {self.max_depth}")
         if self.max_batch_size < 1:

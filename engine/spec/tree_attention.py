@@ -34,6 +34,22 @@ def tree_attention_mask(tree: DraftTree, q_len: int, context_len: int, device: t
     return mask.to(device)
 
 
+def tree_bits(trees: dict[int, DraftTree], cu_seqlens: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernel's tree mask: per query token, a bit per draft node it sees (its ancestors
+    and itself; 0 for tokens that are not draft nodes), and per sequence its number of nodes."""
+    bits = [0] * cu_seqlens[-1]
+    draft_lens = [0] * (len(cu_seqlens) - 1)
+    for b, tree in trees.items():
+        draft_lens[b] = len(tree)
+        first = cu_seqlens[b + 1] - len(tree)
+        for j in range(len(tree)):
+            bits[first + j] = sum(1 << a for a in tree.ancestors_or_self(j))
+    return (
+        torch.tensor(bits, dtype=torch.int64, device=device),
+        torch.tensor(draft_lens, dtype=torch.int32, device=device),
+    )
+
+
 class TreeAttentionBackend(KernelBackend):
     """``inner``'s ops, with tree-masked attention for the sequences (batch rows) in ``trees``."""
 
@@ -44,6 +60,7 @@ class TreeAttentionBackend(KernelBackend):
         self.trees = trees
         self.name = inner.name
         self._masks: dict[int, torch.Tensor] = {}
+        self._tree_bits: tuple[torch.Tensor, torch.Tensor] | None = None
         """Per batch row, built by the first layer and reused by the others."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -91,6 +108,16 @@ class TreeAttentionBackend(KernelBackend):
     ) -> torch.Tensor:
         cu = cu_seqlens_q.tolist()
         ctx = context_lens.tolist()
+        if self.inner.name == "triton":  # the Triton kernel masks the tree itself, in one launch
+            from shoal.engine.kernels.triton.paged_attention import paged_attention as triton_paged_attention
+
+            if self._tree_bits is None:
+                self._tree_bits = tree_bits(self.trees, cu, q.device)
+            bits, draft_lens = self._tree_bits
+            return triton_paged_attention(
+                q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, max_q_len, max_context_len,
+                tree_bits=bits, draft_lens=draft_lens,
+            )  # fmt: skip
         out = torch.empty_like(q)
         plain = [b for b in range(len(ctx)) if b not in self.trees]
         if plain:

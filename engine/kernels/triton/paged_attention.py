@@ -10,6 +10,11 @@ The launch grid depends only on tensor shapes and on whether the batch is decode
 on per-batch values such as context lengths, so a decode step can be captured in a CUDA graph:
 program ``pid`` finds its sequence by a binary search over ``cu_seqlens_q`` on the device.
 
+Speculative decoding verifies a drafted token tree in the same call: a sequence's last
+``draft_lens[b]`` tokens are tree nodes, and query token ``t`` may see a node's slot only if bit
+``slot - first_node_slot`` of ``tree_bits[t]`` is set (its ancestors and itself); everything
+before the nodes stays causal.
+
 Decode batches too small to fill the GPU split each sequence's keys into ``NUM_SPLITS`` ranges
 (flash-decoding); a second kernel merges the partial softmax results.
 """
@@ -45,13 +50,13 @@ def _find_sequence(cu_seqlens_ptr, num_seqs, pid, BLOCK_Q: tl.constexpr):
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_ml_ptr,
-    block_tables_ptr, cu_seqlens_ptr, context_lens_ptr,
+    block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, tree_bits_ptr, draft_lens_ptr,
     scale_log2, num_seqs, num_q_heads, head_dim,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     GROUP: tl.constexpr, ROWS_PER_TOKEN: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_TREE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -76,6 +81,10 @@ def _paged_attention_kernel(
     token = (q_start + q_idx).to(tl.int64)
     dims = tl.arange(0, BLOCK_D)
     dim_valid = dims < head_dim
+
+    if HAS_TREE:
+        first_node = context_len - tl.load(draft_lens_ptr + seq)
+        tree_bits = tl.load(tree_bits_ptr + token, mask=row_valid, other=0)
 
     q = tl.load(
         q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
@@ -113,6 +122,10 @@ def _paged_attention_kernel(
         )
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * scale_log2
         allowed = (pos[None, :] <= q_pos[:, None]) & pos_valid[None, :]
+        if HAS_TREE:
+            node = tl.maximum(pos - first_node, 0).to(tl.int64)
+            seen = ((tree_bits[:, None] >> node[None, :]) & 1) != 0
+            allowed = allowed & ((pos < first_node)[None, :] | seen)
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
@@ -178,11 +191,15 @@ def paged_attention(
     max_q_len: int,
     max_context_len: int,
     num_splits: int | None = None,
+    tree_bits: torch.Tensor | None = None,
+    draft_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal varlen attention over the paged cache (see ``KernelBackend.paged_attention``).
 
     ``max_context_len`` is not needed: each program reads its own context length on the device.
     ``num_splits`` overrides the key-range split count (a power of two; tests use it on CPU).
+    ``tree_bits`` ``[T]`` int64 and ``draft_lens`` ``[B]`` int32 (both or neither) mask drafted
+    tree nodes (see the module docstring); at most 63 nodes per sequence.
     """
     del max_context_len
     if q.stride(-1) != 1:
@@ -213,6 +230,7 @@ def paged_attention(
     _paged_attention_kernel[(num_q_tiles, num_kv_heads, splits)](
         q, k_cache, v_cache, out, part_out, part_ml,
         block_tables, cu_seqlens_q, context_lens,
+        tree_bits if tree_bits is not None else context_lens, draft_lens if draft_lens is not None else context_lens,
         scale * _LOG2E, num_seqs, num_q_heads, head_dim,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -220,7 +238,7 @@ def paged_attention(
         GROUP=group, ROWS_PER_TOKEN=rows_per_token, BLOCK_Q=block_q,
         BLOCK_N=64, BLOCK_D=block_d, KV_BLOCK_SIZE=kv_block_size,
         # fp32 stays fp32 (no TF32) so the fp32 path matches the reference; 16-bit dots use the default.
-        NUM_SPLITS=splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
+        NUM_SPLITS=splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else None, HAS_TREE=tree_bits is not None,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     if splits > 1:
