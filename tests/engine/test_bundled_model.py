@@ -21,7 +21,8 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM("bundled:smollm2-135m-instruct", kv_cache_memory_gb=0.25)
+    # The fp32 path is the parity reference (weights=native is compared with it in test_quant_model).
+    return LLM("bundled:smollm2-135m-instruct", kv_cache_memory_gb=0.25, weights="dequantized")
 
 
 def test_capital_of_france(llm: LLM) -> None:

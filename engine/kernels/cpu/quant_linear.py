@@ -50,6 +50,8 @@ class QuantizedWeight:
 
 def quant_linear(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W^T (+ bias)`` for fp32 ``x`` of shape ``[..., in_features]``."""
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {weight.in_features}")
     lead = x.shape[:-1]
     flat = x.reshape(-1, weight.in_features)
     if flat.shape[0] <= KERNEL_MAX_ROWS:
