@@ -35,6 +35,19 @@ from shoal.operator.scale_to_zero import DEFAULT_INTERVAL_S as DEFAULT_SCALE_INT
 from shoal.operator.scale_to_zero import INTERVAL_ENV as SCALE_INTERVAL_ENV
 from shoal.operator.scale_to_zero import HttpDemandFetcher, scale_forever
 
+CHILD_RESOURCES = [
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+]
+"""Children whose watch events re-converge their owner (ScaledObjects and the router's peer Secret
+are not watched: the API may be absent, and Secrets are not listed cluster-wide; the resync heals them)."""
+
 
 @kopf.on.startup()
 async def startup(
@@ -49,6 +62,9 @@ async def startup(
     # One INFO line per API request would cost more than the reconcile itself at scale.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
+    # Children are watched through the API server's label selector: not every ConfigMap in the cluster.
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
     kube = KubeClient.from_environment()
     images = Images(
         engine=os.environ.get("SHOAL_ENGINE_IMAGE", Images.engine),
@@ -178,20 +194,6 @@ async def agentprogram_deleted(body: kopf.Body, type: str | None, memo: kopf.Mem
     # A watch event rather than on.delete: no finalizer is needed to drop a program from its router.
     if type == "DELETED":
         await forget_program(memo.ctx, dict(body))
-
-
-CHILD_RESOURCES = [
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "serviceaccounts"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("rbac.authorization.k8s.io", "v1", "roles"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-]
-"""Children whose watch events re-converge their owner (ScaledObjects and the router's peer Secret
-are not watched: the API may be absent, and Secrets are not listed cluster-wide; the resync heals them)."""
 
 
 async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
