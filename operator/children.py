@@ -13,6 +13,8 @@ import asyncio
 import copy
 import hashlib
 import json
+import re
+from decimal import Decimal
 from typing import Any
 
 from shoal.crds import Reason
@@ -52,14 +54,43 @@ def stamped(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def covers(live: Any, desired: Any) -> bool:
+def covers(live: Any, desired: Any, *, quantities: bool = False) -> bool:
     """Whether ``live`` has every field of ``desired`` with the same value (extra live fields, such
-    as server defaults or other managers' fields, do not count; lists must match item by item)."""
+    as server defaults or other managers' fields, do not count; lists must match item by item).
+
+    Under a ``resources`` key values compare as quantities: the API server stores ``cpu: 4`` as
+    "4" and "0.5" as "500m", which is no difference to re-apply.
+    """
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(k in live and covers(live[k], v) for k, v in desired.items())
+        return isinstance(live, dict) and all(
+            k in live and covers(live[k], v, quantities=quantities or k == "resources") for k, v in desired.items()
+        )
     if isinstance(desired, list):
-        return isinstance(live, list) and len(live) == len(desired) and all(map(covers, live, desired))
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(covers(a, b, quantities=quantities) for a, b in zip(live, desired, strict=True))
+        )
+    if quantities and live != desired:
+        return _quantity(live) is not None and _quantity(live) == _quantity(desired)
     return bool(live == desired)
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:[eE]([+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?$")
+_SCALE = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal(10**3), "M": Decimal(10**6),
+          "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10),
+          "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60)}  # fmt: skip
+
+
+def _quantity(value: Any) -> Decimal | None:
+    """The amount of a Kubernetes quantity (4, "4", "500m", "1.5Gi", "1e3"), None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
+        return None
+    number, exponent, suffix = match.groups()
+    return Decimal(number) * (Decimal(10) ** int(exponent) if exponent else _SCALE.get(suffix or "", Decimal(1)))
 
 
 async def converge(kube: KubeClient, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -231,6 +231,12 @@ def test_covers_ignores_fields_others_set_but_not_changed_ones() -> None:
     shorter = {**desired, "metadata": {**desired["metadata"], "labels": {}}}
     assert not covers(live, stamped(shorter))
     assert [backoff(15, r) for r in (0, 1, 2, 10)] == [15, 30, 60, 300]
+    # Quantities the API server stores in canonical form are not a difference (no endless re-apply).
+    resources = {"resources": {"limits": {"cpu": 4, "memory": "1.5Gi"}, "requests": {"cpu": "0.5"}}}
+    canonical = {"resources": {"limits": {"cpu": "4", "memory": "1536Mi"}, "requests": {"cpu": "500m"}}}
+    assert covers(canonical, resources)
+    assert not covers({"resources": {**canonical["resources"], "requests": {"cpu": "1"}}}, resources)
+    assert not covers({"image": "1"}, {"image": "1.0"})  # only resource quantities compare by amount
 
 
 def test_the_emulator_applies_server_side(api: Api) -> None:
