@@ -27,10 +27,11 @@ from shoal.router.peers import PeerSet, forwarding_secret
 from shoal.router.pool import PoolRuntime
 from shoal.router.programs.api import register_program_routes
 from shoal.router.programs.gateway import ProgramGateway
-from shoal.router.proxy import ProxyEndpoint, Services
+from shoal.router.proxy import ProxyEndpoint
 from shoal.router.reliability import httpx_timeout
 from shoal.router.routes import RouteTable
 from shoal.router.sandboxes.service import attach_sandboxes
+from shoal.router.services import Services
 from shoal.router.tenancy import Tenancy, upstream_api_key, upstream_auth_headers
 from shoal.router.upstream import UpstreamClient
 
