@@ -28,12 +28,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shoal.engine.errors import StepFailedError
-from shoal.engine.server.engine_protocol import (
-    CompletionOutputLike,
-    EngineLike,
-    RequestObserver,
-    RequestOutputLike,
-)
+from shoal.engine.outputs import CompletionOutput, RequestOutput
+from shoal.engine.server.engine_protocol import EngineLike, RequestObserver
 from shoal.engine.server.errors import RequestFailedError
 
 logger = logging.getLogger("shoal.engine.server")
@@ -51,7 +47,7 @@ class EngineDeadError(RuntimeError):
 class StreamUpdate:
     """The latest cumulative state of one engine request."""
 
-    outputs: tuple[CompletionOutputLike, ...]
+    outputs: tuple[CompletionOutput, ...]
     """One per completion index, sorted by index."""
     finished: bool
     num_cached_tokens: int
@@ -64,7 +60,7 @@ class RequestStream:
         self.request_id = request_id
         self.arrival = arrival
         self._observer = observer
-        self._latest: dict[int, CompletionOutputLike] = {}
+        self._latest: dict[int, CompletionOutput] = {}
         self._num_cached = 0
         self._finished = False
         self._error: BaseException | None = None
@@ -81,7 +77,7 @@ class RequestStream:
     def started(self) -> bool:
         return self._first_token_at is not None
 
-    def _push(self, out: RequestOutputLike, now: float) -> None:
+    def _push(self, out: RequestOutput, now: float) -> None:
         for completion in out.outputs:
             self._latest[completion.index] = completion
         self._num_cached = out.num_cached_tokens
@@ -91,7 +87,7 @@ class RequestStream:
                 self._first_token_at = now
                 if self._observer:
                     # Same monotonic clock as the engine's own timestamps.
-                    scheduled = (getattr(out, "metrics", None) or {}).get("first_scheduled", now)
+                    scheduled = out.metrics.get("first_scheduled", now)
                     self._observer.on_first_token(now - self.arrival, max(0.0, scheduled - self.arrival))
             elif self._observer:
                 self._observer.on_tokens(now - self._last_token_at)
@@ -286,7 +282,7 @@ class AsyncEngine:
             self._inbox.append(command)
             self._cond.notify()
 
-    def _dispatch(self, outputs: Sequence[RequestOutputLike], now: float) -> None:
+    def _dispatch(self, outputs: Sequence[RequestOutput], now: float) -> None:
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is None:

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.engine import chat_format
-from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.outputs import CompletionOutput
+from shoal.engine.server.async_engine import RequestStream
 from shoal.engine.server.caller import caller_of
 from shoal.engine.server.disconnect import ClientDisconnected, until_disconnect
 from shoal.engine.server.errors import bad_request
@@ -61,7 +62,7 @@ def encode_messages(
     return ids
 
 
-def _chat_logprobs(ctx: ServingContext, out: CompletionOutputLike, start: int, k: int) -> list[ChatTokenLogprob]:
+def _chat_logprobs(ctx: ServingContext, out: CompletionOutput, start: int, k: int) -> list[ChatTokenLogprob]:
     entries = out.logprobs or ()
     items = []
     for pos in range(start, min(len(out.token_ids), len(entries))):
@@ -166,7 +167,7 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
                 message=ChatMessageOut(content=content, tool_calls=[_tool_call_out(c) for c in calls]),
                 logprobs=lp,
                 finish_reason=finish,
-                stop_reason=getattr(out, "stop_reason", None),
+                stop_reason=out.stop_reason,
             )
         )
     response = ChatCompletionResponse(

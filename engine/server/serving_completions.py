@@ -9,7 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.engine.server.async_engine import CompletionOutputLike, RequestStream
+from shoal.engine.outputs import CompletionOutput
+from shoal.engine.server.async_engine import RequestStream
 from shoal.engine.server.caller import caller_of
 from shoal.engine.server.disconnect import ClientDisconnected, until_disconnect
 from shoal.engine.server.errors import bad_request
@@ -22,7 +23,7 @@ from shoal.engine.server.stream_merge import final_updates, merged_updates
 
 
 def _logprobs(
-    ctx: ServingContext, out: CompletionOutputLike, start: int, k: int, offset: int
+    ctx: ServingContext, out: CompletionOutput, start: int, k: int, offset: int
 ) -> CompletionLogprobs:
     """Logprobs of generated tokens ``start:``; ``offset`` is the text offset of the first."""
     result = CompletionLogprobs()
@@ -86,7 +87,7 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Re
                     text=text,
                     logprobs=logprobs,
                     finish_reason=out.finish_reason,
-                    stop_reason=getattr(out, "stop_reason", None),
+                    stop_reason=out.stop_reason,
                 )
             )
     response = CompletionResponse(
@@ -135,7 +136,7 @@ async def _stream(
                     choice["logprobs"] = None
                 choice["finish_reason"] = out.finish_reason
                 if out.finish_reason is not None:
-                    choice["stop_reason"] = getattr(out, "stop_reason", None)
+                    choice["stop_reason"] = out.stop_reason
                     done.add(index)
                 sent_text[index] = len(out.text)
                 sent_tokens[index] = len(out.token_ids)
