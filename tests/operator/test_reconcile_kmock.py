@@ -211,6 +211,31 @@ def test_a_child_the_api_refuses_becomes_a_condition_and_an_event(
     cluster.accept("deployments", ns, "bad-engine")
 
 
+def test_a_refused_router_child_stays_reported_while_its_pools_change(
+    api: Api, operator: Operator, cluster: KmockCluster
+) -> None:
+    ns = "refused-router"
+    pool_and_router(api, ns)
+    why = "data: Too long: must have at most 1048576 bytes"
+    cluster.reject("configmaps", ns, "front-router", why)
+    api.patch(ROUTERS, ns, "front", {"spec": {"logLevel": "debug"}})  # a new config the API refuses
+    wait_for(lambda: (c := condition(api.get(ROUTERS, ns, "front"), "Degraded")) and c["reason"] == "ChildRejected",
+             what="router Degraded ChildRejected")  # fmt: skip
+    assert why in condition(api.get(ROUTERS, ns, "front"), "Degraded")["message"]
+    # The pool's readiness changes (the router recounts its endpoints): the refusal stays reported.
+    status = {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    api.patch(DEPLOYMENTS, ns, "chat-engine", {"status": status}, status=True)
+    wait_for(lambda: (api.get(MODELPOOLS, ns, "chat")["status"] or {}).get("readyReplicas") == 1, what="pool ready")
+    time.sleep(2 * RESYNC)
+    assert condition(api.get(ROUTERS, ns, "front"), "Degraded")["reason"] == "ChildRejected"
+    # Never flipped back in between: a flip and its return would have posted a second Event.
+    events = [e for e in api.list(EVENTS, ns) if e["involvedObject"]["name"] == "front" and e["reason"] == "ChildRejected"]
+    assert len(events) == 1
+    cluster.accept("configmaps", ns, "front-router")
+    wait_for(lambda: condition(api.get(ROUTERS, ns, "front"), "Degraded")["reason"] != "ChildRejected",
+             5 * RESYNC, what="router recovered")  # fmt: skip
+
+
 def test_a_missing_deployment_is_never_scaled_to_zero() -> None:
     conds = {c.type.value: (c.status, c.reason.value) for c in workload_conditions(Rollout.of(None))}
     assert conds == {"Ready": (False, "ChildMissing"), "Progressing": (True, "Reconciling"),
