@@ -44,7 +44,8 @@ def client(bundled_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def test_every_schema_of_the_set_validates(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_schema_of_the_set_validates(client: openai.OpenAI, seed: int) -> None:
     assert len(ALL) >= 20
     from concurrent.futures import ThreadPoolExecutor
 
@@ -53,7 +54,7 @@ def test_every_schema_of_the_set_validates(client: openai.OpenAI) -> None:
         fmt: Any = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
         r = client.chat.completions.create(
             model="smol", messages=[{"role": "user", "content": PROMPT}], response_format=fmt, temperature=0.8,
-            max_tokens=256, seed=1,
+            max_tokens=256, seed=seed,
         )  # fmt: skip
         return name, r.choices[0]
 
@@ -76,10 +77,11 @@ def test_json_object(client: openai.OpenAI) -> None:
 def test_forced_tool_calls(client: openai.OpenAI, choice: Any) -> None:
     msgs: list[Any] = [{"role": "user", "content": "What time is it in Paris?"}]
     r = client.chat.completions.create(
-        model="smol", messages=msgs, tools=TOOLS, tool_choice=choice, temperature=0.7, max_tokens=256, seed=3
-    )
+        model="smol", messages=msgs, tools=TOOLS, tool_choice=choice, temperature=0.7, max_tokens=256, seed=3,
+        parallel_tool_calls=False,  # allowed more, SmolLM2-135M repeats its call until max_tokens
+    )  # fmt: skip
     out = r.choices[0]
-    assert out.finish_reason == "tool_calls" and out.message.tool_calls
+    assert out.finish_reason == "tool_calls" and len(out.message.tool_calls or []) == 1
     for call in out.message.tool_calls:
         assert call.function.name in (
             {"get_time"} if isinstance(choice, dict) else {"get_weather", "get_time"}

@@ -51,7 +51,8 @@ BOUNDED: dict[str, dict[str, Any]] = {
 
 FREE: dict[str, dict[str, Any]] = {
     "person": _obj({"name": _S, "age": {"type": "integer", "minimum": 0, "maximum": 130}}),
-    "bounded_number": _obj({"score": {"type": "number", "minimum": 0, "maximum": 1}}),
+    # multipleOf bounds the decimals: a small model otherwise writes 1.0000... until max_tokens
+    "bounded_number": _obj({"score": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01}}),
     "string_enum_mix": _obj({"title": _S, "status": {"enum": ["open", "closed"]}}),
     "list_of_strings": _obj({"items": {"type": "array", "items": _S, "maxItems": 3}}),
     "address": _obj({"street": _S, "city": _S, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}}),
