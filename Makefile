@@ -12,7 +12,7 @@ export PYTHONSAFEPATH := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes bench-speculation gpu-check clean
+.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes bench-speculation bench-structured gpu-check clean
 
 $(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -78,6 +78,10 @@ bench-sandboxes: $(STAMP)
 # Speculative decoding at batch 1 (trie drafter, cold vs learned) + the 64-prompt batch workload (issue 14).
 bench-speculation: $(STAMP)
 	$(PY) bench/speculation.py
+
+# Structured outputs: decode tok/s with and without a grammar (batch 1 and 64), grammar compile p50/p99 (issue 16).
+bench-structured: $(STAMP)
+	$(PY) bench/structured.py
 
 # On a machine with an NVIDIA GPU (not run by CI).
 gpu-check:
