@@ -240,6 +240,16 @@ class KubeClient:
         if resp.status != 404:
             self._check(resp)
 
+    async def patch_scale(self, rt: ResourceType, namespace: str, name: str, replicas: int) -> None:
+        """Set ``spec.replicas`` through the scale subresource (as an autoscaler does)."""
+        resp = await self._request(
+            "PATCH",
+            rt.path(namespace, name, "scale"),
+            json_body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+        )
+        self._check(resp)
+
     async def has_api(self, group_version: str) -> bool:
         """Whether the API server serves a group/version (e.g. keda.sh/v1alpha1)."""
         resp = await self._request("GET", f"/apis/{group_version}")

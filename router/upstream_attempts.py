@@ -67,6 +67,7 @@ class UpstreamAttempts:
         tried: set[str] = set()
         last_error: RouterError | None = None
         server_errors = 0
+        engine_lost = False
         max_attempts = s.cfg.retries.max_attempts
         idle_s = self.timeouts.idle_s
         for attempt_no in range(max_attempts):
@@ -76,6 +77,11 @@ class UpstreamAttempts:
             try:
                 result = await pool.runner.pick(pick_req, candidates)
             except NoEndpointError as exc:
+                if engine_lost and pool.cold_start is not None:  # it scaled to zero under us: hold again
+                    engine_lost = False
+                    await pool.cold_start.wait_ready()
+                    tried.clear()
+                    continue
                 if last_error is not None:
                     raise last_error from None
                 raise no_endpoint(str(exc)) from None
@@ -118,6 +124,11 @@ class UpstreamAttempts:
                 pool.endpoints.record_failure(url)
                 if isinstance(exc, UpstreamError):
                     pool.check_health_soon(url)
+                    # In a pool that scales to zero, an engine that cannot be reached was most
+                    # likely just stopped: out now, not after more requests fail on it.
+                    if pool.cold_start is not None:
+                        pool.endpoints.eject(url)
+                        engine_lost = True
                 reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
                 s.metrics.retries.labels(pool.name, reason).inc()
                 log.info("pool %s: %s failed before the first byte (%s); %s", pool.name, url, exc,

@@ -187,6 +187,9 @@ def pod_disruption_budget(owner: Owner) -> Manifest:
     }
 
 
+KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
+
+
 def _scale_target(owner: Owner) -> dict[str, str]:
     # The autoscaler scales the ModelPool through its scale subresource, so spec.replicas stays the truth.
     return {"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name}
@@ -202,7 +205,9 @@ def horizontal_pod_autoscaler(owner: Owner, spec: ModelPoolSpec) -> Manifest:
         "metadata": metadata(owner),
         "spec": {
             "scaleTargetRef": _scale_target(owner),
-            "minReplicas": a.min_replicas,
+            # Never 0 (an alpha feature gate): at zero replicas the HPA stands still, and the
+            # operator's scale-to-zero loop owns the steps between 0 and 1 (operator/scale_to_zero.py).
+            "minReplicas": max(1, a.min_replicas),
             "maxReplicas": a.max_replicas,
             "metrics": [
                 {
@@ -223,13 +228,16 @@ def scaled_object(owner: Owner, spec: ModelPoolSpec) -> Manifest:
     a = spec.autoscaling
     assert a is not None
     query = f'sum({WAITING_METRIC}{{namespace="{owner.namespace}",pod=~"{child_name(owner)}-.*"}})'
+    # KEDA would raise a target below minReplicaCount back up: it pauses at zero instead, and the
+    # operator's scale-to-zero loop owns the steps between 0 and 1.
+    meta = metadata(owner, annotations={KEDA_PAUSED_REPLICAS: "0"} if desired_replicas(spec) == 0 else None)
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": metadata(owner),
+        "metadata": meta,
         "spec": {
             "scaleTargetRef": _scale_target(owner),
-            "minReplicaCount": a.min_replicas,
+            "minReplicaCount": max(1, a.min_replicas),
             "maxReplicaCount": a.max_replicas,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {

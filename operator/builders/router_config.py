@@ -121,6 +121,8 @@ def render_router_config(
             **ref.model_dump(mode="json", by_alias=True, exclude_none=True),
             "models": [pool.model.served_model_name],
             "endpoints": endpoints_for(ref.name),
+            # A pool that scales to zero: the router holds its requests while it has no engine.
+            **({"coldStart": {}} if pool.autoscaling is not None and pool.autoscaling.min_replicas == 0 else {}),
         }
         for ref in spec.pools
         if (pool := pools[ref.name]) is not None

@@ -19,8 +19,8 @@ from shoal.router.errors import RouterError
 from shoal.router.server import uvicorn_settings
 
 
-def _cold_config(url: str, **cold_start: Any) -> Any:
-    cfg = router_config([url])
+def _cold_config(url: str, scrape_s: float, **cold_start: Any) -> Any:
+    cfg = router_config([url], health={"scrapeIntervalS": scrape_s, "probeTimeoutS": 2.0})
     pool = cfg.pools[0].model_copy(update={"cold_start": ColdStartConfig(**cold_start)})
     return cfg.model_copy(update={"pools": [pool]})
 
@@ -28,13 +28,13 @@ def _cold_config(url: str, **cold_start: Any) -> Any:
 class ColdRouter:
     """A router whose only pool's engine (one static URL) is not started until ``start_engine``."""
 
-    def __init__(self, **cold_start: Any) -> None:
+    def __init__(self, scrape_s: float = 0.05, **cold_start: Any) -> None:
         sock = free_socket()
         self.port = sock.getsockname()[1]
         sock.close()
         self.engine = FakeEngine("late")
         self.engine_server: Served | None = None
-        self.cfg = _cold_config(f"http://127.0.0.1:{self.port}", **cold_start)
+        self.cfg = _cold_config(f"http://127.0.0.1:{self.port}", scrape_s, **cold_start)
         self.url = ""
 
     async def __aenter__(self) -> ColdRouter:
@@ -105,6 +105,18 @@ async def test_flood_past_the_bound_is_refused_at_once_not_hung() -> None:
                    for x in flood)  # fmt: skip
         await r.start_engine()
         assert [x.status_code for x in await asyncio.gather(*held)] == [200, 200, 200]
+
+
+async def test_request_racing_the_engine_stop_is_held_not_failed() -> None:
+    async with ColdRouter(scrape_s=1.0) as r, httpx.AsyncClient(base_url=r.url, timeout=30) as c:
+        await r.start_engine()
+        assert (await c.post("/v1/chat/completions", json=chat_body())).status_code == 200
+        assert r.engine_server is not None
+        await r.engine_server.stop()  # scaled to zero; the router has not probed it yet
+        pending = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body()))
+        await _wait_waiting(c, 1)  # its connect failure put it back in the hold
+        await r.start_engine()
+        assert (await pending).status_code == 200
 
 
 async def test_client_that_leaves_frees_its_place() -> None:
