@@ -1,49 +1,26 @@
-"""Tokenizer, chat templates and incremental detokenization.
+"""The tokenizer of one model: encoding, decoding, special tokens and chat rendering.
 
-Torch-free on purpose: the router imports this module to tokenize exactly like the engine
+Torch-free on purpose: the router imports this package to tokenize exactly like the engine
 (it rebuilds the engine's tokenizer from :meth:`Tokenizer.to_payload`). Only ``tokenizers``,
 ``jinja2`` and the standard library are used.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.ext
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import processors
 
 from shoal.engine.chat_template import compile_template
 from shoal.engine.chat_tokens import encode_chat_messages
-
-PAYLOAD_VERSION = 1
-
-# GGUF token types (llama.cpp ``llama_token_type``).
-_GGUF_CONTROL = 3
-_GGUF_USER_DEFINED = 4
-
-# Pre-tokenizer splits by GGUF ``tokenizer.ggml.pre``; anything else uses the GPT-2 split of ByteLevel.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_GGUF_SPLITS = {
-    "llama3": _LLAMA3_SPLIT,
-    "llama-v3": _LLAMA3_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT,
-    "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT,
-    "deepseek-r1-qwen": _QWEN2_SPLIT,
-}
+from shoal.engine.tokenizer.gguf import read_gguf_metadata
+from shoal.engine.tokenizer.hf_folder import read_hf_folder
+from shoal.engine.tokenizer.parts import TokenizerParts
+from shoal.engine.tokenizer.payload import make_payload, read_payload
 
 
 class Tokenizer:
@@ -88,143 +65,37 @@ class Tokenizer:
     # construction ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_hf_folder(cls, path: str | Path) -> Tokenizer:
-        """Load ``tokenizer.json`` + ``tokenizer_config.json`` (+ ``chat_template.jinja``/``.json``).
-
-        Extra end-of-sequence ids come from ``generation_config.json`` and ``config.json``.
-        Raises ``FileNotFoundError`` when ``tokenizer.json`` is absent and ``ValueError`` when broken.
-        """
-        folder = Path(path)
-        tok_file = folder / "tokenizer.json"
-        if not tok_file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {folder}")
-        try:
-            backend = HFTokenizer.from_file(str(tok_file))
-        except Exception as exc:
-            raise ValueError(f"cannot parse {tok_file}: {exc}") from exc
-        cfg = _read_json(folder / "tokenizer_config.json")
-        template = cfg.get("chat_template")
-        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default") or next(iter(named.values()), None)
-        if (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-        elif template is None and (folder / "chat_template.json").is_file():
-            template = _read_json(folder / "chat_template.json").get("chat_template")
-        special = {k: _token_content(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-        extra_eos: list[int] = []
-        for name in ("generation_config.json", "config.json"):
-            eos = _read_json(folder / name).get("eos_token_id")
-            extra_eos.extend(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    def from_parts(cls, parts: TokenizerParts) -> Tokenizer:
         return cls(
-            backend,
-            chat_template=template,
-            bos_token=special["bos_token"],
-            eos_token=special["eos_token"],
-            extra_eos_token_ids=[int(e) for e in extra_eos],
-            special_tokens={k: v for k, v in special.items() if v is not None},
-            add_bos_token=cfg.get("add_bos_token"),
-            add_eos_token=cfg.get("add_eos_token"),
+            parts.backend,
+            chat_template=parts.chat_template,
+            bos_token=parts.bos_token,
+            eos_token=parts.eos_token,
+            extra_eos_token_ids=parts.extra_eos_token_ids,
+            special_tokens=parts.special_tokens,
+            add_bos_token=parts.add_bos_token,
+            add_eos_token=parts.add_eos_token,
         )
+
+    @classmethod
+    def from_hf_folder(cls, path: str | Path) -> Tokenizer:
+        """Load a Hugging Face model folder (see :func:`~shoal.engine.tokenizer.hf_folder.read_hf_folder`)."""
+        return cls.from_parts(read_hf_folder(path))
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
-        """Build from GGUF ``tokenizer.*`` metadata (plain Python values, keys as in the file).
-
-        Supports ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE: SmolLM2, Llama 3, Qwen).
-        Control tokens become special added tokens and user-defined ones plain added tokens,
-        so ids match transformers' tokenizer for the same file.
-        """
-        kind = metadata.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: 'gpt2' (byte-level BPE)")
-        tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
-        merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
-        types: list[int] = list(metadata.get("tokenizer.ggml.token_type") or [])
-        alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-        byte_chars = _bytes_to_unicode()
-        vocab = {
-            tok if set(tok) <= alphabet else "".join(byte_chars[b] for b in tok.encode("utf-8")): i
-            for i, tok in enumerate(tokens)
-        }
-        backend = HFTokenizer(
-            models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)  # type: ignore[arg-type]
-        )
-        add_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", False))
-        split = _GGUF_SPLITS.get(str(metadata.get("tokenizer.ggml.pre")))
-        if split is None:
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=True)
-        else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=False),
-                ]
-            )
-        backend.decoder = decoders.ByteLevel()
-        # A "control" token outside the byte alphabet is a llama.cpp mislabel; adding it would grow the vocab.
-        control = [
-            AddedToken(tok, special=True, normalized=False)
-            for tok, t in zip(tokens, types, strict=False)
-            if t == _GGUF_CONTROL and set(tok) <= alphabet
-        ]
-        backend.add_special_tokens(control)
-        user = [
-            AddedToken(tok, special=False, normalized=False)
-            for tok, t in zip(tokens, types, strict=False)
-            if t == _GGUF_USER_DEFINED and tok in vocab
-        ]
-        if user:
-            backend.add_tokens(user)
-
-        def token_at(key: str) -> str | None:
-            idx = metadata.get(key)
-            return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
-
-        eos_id = metadata.get("tokenizer.ggml.eos_token_id")
-        eot_id = metadata.get("tokenizer.ggml.eot_token_id")
-        special = {
-            "bos_token": token_at("tokenizer.ggml.bos_token_id"),
-            "eos_token": token_at("tokenizer.ggml.eos_token_id"),
-            "unk_token": token_at("tokenizer.ggml.unknown_token_id"),
-            "pad_token": token_at("tokenizer.ggml.padding_token_id"),
-        }
-        return cls(
-            backend,
-            chat_template=metadata.get("tokenizer.chat_template"),
-            bos_token=special["bos_token"],
-            eos_token=special["eos_token"],
-            extra_eos_token_ids=[int(i) for i in (eos_id, eot_id) if i is not None],
-            special_tokens={k: v for k, v in special.items() if v is not None},
-            add_bos_token=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
-            add_eos_token=bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
-        )
+        """Build from GGUF ``tokenizer.*`` metadata (see :func:`~shoal.engine.tokenizer.gguf.read_gguf_metadata`)."""
+        return cls.from_parts(read_gguf_metadata(metadata))
 
     def to_payload(self) -> dict[str, Any]:
         """A JSON-able description from which :meth:`from_payload` rebuilds this exact tokenizer."""
-        return {
-            "version": PAYLOAD_VERSION,
-            "tokenizer_json": self._backend.to_str(),
-            "chat_template": self.chat_template,
-            "special_tokens": dict(self.special_tokens),
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "eos_token_ids": sorted(self.eos_token_ids),
-        }
+        return make_payload(
+            self._backend, self.chat_template, self.special_tokens, self.bos_token, self.eos_token, self.eos_token_ids
+        )
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Tokenizer:
-        if payload.get("version") != PAYLOAD_VERSION:
-            raise ValueError(f"unsupported tokenizer payload version {payload.get('version')!r}")
-        # The post-processor (BOS/EOS insertion) is already inside tokenizer_json.
-        return cls(
-            HFTokenizer.from_str(payload["tokenizer_json"]),
-            chat_template=payload.get("chat_template"),
-            bos_token=payload.get("bos_token"),
-            eos_token=payload.get("eos_token"),
-            extra_eos_token_ids=payload.get("eos_token_ids", ()),
-            special_tokens=payload.get("special_tokens"),
-        )
+        return cls.from_parts(read_payload(payload))
 
     # encoding -------------------------------------------------------------------------------------
 
@@ -346,16 +217,6 @@ class Tokenizer:
 # helpers ------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot parse {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
-
-
 _GIL_FREE_CHARS = 16 * 1024
 
 
@@ -365,25 +226,6 @@ def _encode(backend: HFTokenizer, text: str, add_special_tokens: bool) -> list[i
         # tokenized in a worker thread then does not stall the event loop
         return list(backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
     return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
-
-
-def _token_content(value: Any) -> str | None:
-    if isinstance(value, dict):  # serialized AddedToken
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-@lru_cache(maxsize=1)
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
 
 
 def _normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
