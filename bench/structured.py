@@ -37,7 +37,7 @@ PROMPT = 'List many random integers between 0 and 999 as JSON: {"values": [...]}
 
 
 def decode_rate(
-    engine: Any, prompt_ids: list[int], batch: int, tokens: int, constrained: bool, seed: int
+    engine: Any, prompt_ids: list[int], batch: int, tokens: int, constrained: bool, seed: int, temperature: float
 ) -> float:
     """Decode tokens/s for ``batch`` sequences of ``tokens`` tokens (the prefill step excluded)."""
     from shoal.engine import SamplingParams
@@ -45,7 +45,7 @@ def decode_rate(
 
     spec = StructuredOutput("json_schema", json.dumps(LONG_ARRAY)) if constrained else None
     params = SamplingParams(
-        temperature=1.0, max_tokens=tokens, seed=seed, ignore_eos=not constrained, structured=spec
+        temperature=temperature, max_tokens=tokens, seed=seed, ignore_eos=not constrained, structured=spec
     )
     for i in range(batch):
         engine.add_request(f"{seed}-{i}", None, params, prompt_token_ids=prompt_ids)
@@ -109,22 +109,21 @@ def main() -> None:
     llm = LLM(MODEL)
     engine = llm.engine
     prompt_ids = engine.tokenizer.encode_chat([{"role": "user", "content": PROMPT}])
-    decode_rate(engine, prompt_ids, 2, 4, True, seed=999)  # warm-up both paths
-    decode_rate(engine, prompt_ids, 2, 4, False, seed=998)
+    decode_rate(engine, prompt_ids, 2, 4, True, 999, 1.0)  # warm-up both paths
+    decode_rate(engine, prompt_ids, 2, 4, False, 998, 1.0)
     rows = []
-    for batch in batches:
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        for rep in range(reps):
-            for constrained in (False, True):
-                rates[constrained].append(
-                    decode_rate(engine, prompt_ids, batch, tokens, constrained, seed=rep * 2 + constrained)
-                )
-        free, cons = statistics.median(rates[False]), statistics.median(rates[True])
-        rows.append((batch, free, cons, cons / free))
-        print(
-            f"batch {batch}: free {free:.1f} tok/s, constrained {cons:.1f} tok/s, ratio {cons / free:.3f}",
-            flush=True,
-        )
+    for temperature in (1.0, 0.0):
+        for batch in batches:
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for rep in range(reps):
+                for constrained in (False, True):
+                    seed = rep * 2 + constrained
+                    rates[constrained].append(
+                        decode_rate(engine, prompt_ids, batch, tokens, constrained, seed, temperature)
+                    )
+            free, cons = statistics.median(rates[False]), statistics.median(rates[True])
+            rows.append((temperature, batch, free, cons, cons / free))
+            print(f"T={temperature} batch {batch}: free {free:.1f}, constrained {cons:.1f} tok/s, {cons / free:.3f}")
     vocab = engine.runner.model_config.vocab_size
     t0 = time.perf_counter()
     from shoal.engine.structured import GrammarCompiler
@@ -139,14 +138,14 @@ def main() -> None:
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; device: {device}",
         f"- command: `{cmd}`",
-        f"- model: {MODEL}, default engine settings; {tokens} decode tokens per sequence, temperature 1.0, "
+        f"- model: {MODEL}, default engine settings; {tokens} decode tokens per sequence, "
         f"median of {reps} alternating repetitions per side",
         f"- constrained side: JSON schema `{json.dumps(LONG_ARRAY)}` (cannot close before max_tokens)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
-        "| batch | free tok/s | constrained tok/s | constrained / free |",
-        "|---:|---:|---:|---:|",
-        *[f"| {b} | {f:.1f} | {c:.1f} | {r:.3f} |" for b, f, c, r in rows],
+        "| temperature | batch | free tok/s | constrained tok/s | constrained / free |",
+        "|---:|---:|---:|---:|---:|",
+        *[f"| {t} | {b} | {f:.1f} | {c:.1f} | {r:.3f} |" for t, b, f, c, r in rows],
         "",
         f"Grammar compile over {len(times['cold']) // (2 if args.quick else 10)} grammars ({len(ALL)} schemas of the "
         f"test set + 2 tool-call grammars), {2 if args.quick else 10} rounds; the llguidance tokenizer is built once "

@@ -38,12 +38,13 @@ class PendingMasks:
         allowed = allowed[:, :vocab]
         if self.which != list(range(allowed.shape[0])):
             allowed = allowed[torch.tensor(self.which, dtype=torch.long, device=device)]
-        logits = logits.float().clone()
+        logits = logits.float()
+        blocked = torch.tensor(float("-inf"), device=device)
         if len(self.rows) == logits.shape[0]:
-            logits.masked_fill_(~allowed, float("-inf"))
-        else:
-            index = torch.tensor(self.rows, dtype=torch.long, device=device)
-            logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+            return torch.where(allowed, logits, blocked)
+        index = torch.tensor(self.rows, dtype=torch.long, device=device)
+        logits = logits.clone()
+        logits[index] = torch.where(allowed, logits[index], blocked)
         return logits
 
 
