@@ -7,7 +7,8 @@ complete, then the raw argument text follows in pieces. Anything that could stil
 become a tag is held back, so ``<tool_call>`` never leaks into streamed content.
 :func:`parse_tool_calls` runs the same parser over a whole completion, so a streamed
 call reassembles to exactly the non-streamed one. A block that is not a call stays
-content (nothing the model wrote is lost).
+content (nothing the model wrote is lost), unless its id and name were already sent: then
+the call stands with the argument text the model wrote (cut short when generation stopped).
 """
 
 from __future__ import annotations
