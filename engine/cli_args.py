@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from shoal.engine.config import EngineConfig
+from shoal.engine.machine_defaults import default_step_budget
 from shoal.engine.spec.config import SpeculationConfig
 
 
@@ -15,8 +16,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--num-kv-blocks", type=int, default=None)
-    parser.add_argument("--kv-cache-memory-gb", type=float, default=1.0)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    parser.add_argument("--kv-cache-memory-gb", type=float, default=None,
+                        help="KV pool memory (default: sized from the machine's free memory)")  # fmt: skip
+    parser.add_argument("--max-num-batched-tokens", type=int, default=default_step_budget(),
+                        help="tokens per step (default: 1024 per core, 1024-8192)")  # fmt: skip
+    parser.add_argument("--weights", default="auto", choices=["auto", "native", "dequantized"],
+                        help="GGUF Q4_1/Q8_0 weights: computed from their blocks (native, CPU) or as fp32 copies")  # fmt: skip
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--no-prefix-caching", action="store_true")
@@ -57,6 +62,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kernels=args.kernels,
         seed=args.seed,
         num_threads=args.num_threads,
+        weights=args.weights,
         max_pinned_blocks_per_tenant=args.max_pinned_blocks_per_tenant,
         max_retention_s=args.max_retention_s,
         speculation=_speculation(args),

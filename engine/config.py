@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from shoal.engine.machine_defaults import default_step_budget
 from shoal.engine.spec.config import SpeculationConfig
 
 
@@ -23,10 +24,13 @@ class EngineConfig:
     """Tokens per KV block."""
     num_kv_blocks: int | None = None
     """KV pool size in blocks; None derives it from ``kv_cache_memory_gb``."""
-    kv_cache_memory_gb: float = 1.0
-    """Memory for the KV pool when ``num_kv_blocks`` is not given."""
-    max_num_batched_tokens: int = 1024
-    """Token budget of one step (Dynamic SplitFuse): decodes first, prompt chunks fill the rest."""
+    kv_cache_memory_gb: float | None = None
+    """Memory for the KV pool when ``num_kv_blocks`` is not given; None sizes it from the machine
+    (CPU: 10% of the available RAM, at most 2 GiB, as the pool is zeroed and so resident; CUDA:
+    85% of the memory free after the model loads; see :mod:`~shoal.engine.machine_defaults`)."""
+    max_num_batched_tokens: int = field(default_factory=default_step_budget)
+    """Token budget of one step (Dynamic SplitFuse): decodes first, prompt chunks fill the rest.
+    Default: 1024 per CPU core, between 1024 and 8192."""
     max_num_seqs: int = 128
     """Most sequences running at once."""
     max_model_len: int | None = None
@@ -59,7 +63,7 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
-        if self.kv_cache_memory_gb <= 0:
+        if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")

@@ -6,6 +6,7 @@ Owns the model weights, the KV cache tensors and the per-sequence generators.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from shoal.engine.config import EngineConfig
 from shoal.engine.cuda_graph import DecodeCudaGraphs
 from shoal.engine.kernels import get_backend
 from shoal.engine.loader import load_model
+from shoal.engine.machine_defaults import default_kv_cache_bytes
 from shoal.engine.sampler import SampleResult, SamplingRow, sample
 from shoal.engine.scheduler import ScheduledSequence
 from shoal.engine.sequence import Sequence
@@ -23,6 +25,8 @@ from shoal.engine.spec.token_tree import DraftTree
 from shoal.engine.spec.tree_attention import TreeAttentionBackend
 from shoal.engine.spec.verify import relocate_accepted_kv, verify
 from shoal.engine.structured import GrammarMasks
+
+logger = logging.getLogger("shoal.engine")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -64,13 +68,26 @@ class ModelRunner:
         self.model_name = loaded.name
         self.ops = get_backend(config.kernels, self.device.type)
         self.block_size = config.block_size
-        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
+        kv_bytes = (
+            default_kv_cache_bytes(self.device.type)
+            if config.kv_cache_memory_gb is None
+            else int(config.kv_cache_memory_gb * (1 << 30))
+        )
+        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(kv_bytes)
         mc = self.model_config
         shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.kv_caches = [
             (self.ops.allocate_kv_cache(*shape, self.dtype, self.device), self.ops.allocate_kv_cache(*shape, self.dtype, self.device))
             for _ in range(mc.num_layers)
         ]
+        logger.info(
+            "engine settings: device=%s dtype=%s weights=%s threads=%d kv_pool=%d blocks (%d tokens, %.2f GiB)%s "
+            "step_budget=%d tokens max_num_seqs=%d",
+            self.device, self.dtype, "native" if self.model.uses_quantized_weights else "fp32",
+            torch.get_num_threads(), self.num_blocks, self.num_blocks * self.block_size,
+            self.num_blocks * self._block_bytes() / (1 << 30), "" if config.kv_cache_memory_gb or config.num_kv_blocks
+            else " sized from the machine", config.max_num_batched_tokens, config.max_num_seqs,
+        )  # fmt: skip
         # [kernel-runtime] Decode CUDA graphs (engine/cuda_graph.py), captured lazily per batch bucket.
         # CUDA + triton backend only (the torch ops sync with the host); SHOAL_CUDA_GRAPHS=0 turns them off.
         self.decode_graphs: DecodeCudaGraphs | None = None
@@ -83,11 +100,14 @@ class ModelRunner:
         self.grammar_masks = GrammarMasks(mc.vocab_size)
         self._seed_source = torch.Generator().manual_seed(config.seed)
 
-    def _blocks_for_memory(self, gigabytes: float) -> int:
+    def _block_bytes(self) -> int:
+        """Bytes of one KV block over all layers (K and V)."""
         mc = self.model_config
         elem = torch.empty((), dtype=self.dtype).element_size()
-        per_block = 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * elem
-        return max(1, int(gigabytes * (1 << 30)) // per_block)
+        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * elem
+
+    def _blocks_for_memory(self, kv_bytes: int) -> int:
+        return max(1, kv_bytes // self._block_bytes())
 
     # ---- generators ------------------------------------------------------------------------
     def generator_for(self, request_id: str, index: int, seed: int | None) -> torch.Generator:

@@ -236,6 +236,13 @@ class LlamaForCausalLM(nn.Module):
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
 
+    @property
+    def uses_quantized_weights(self) -> bool:
+        """True once :meth:`use_quantized_weights` switched any layer."""
+        return self._quantized_lm_head is not None or any(
+            isinstance(m, Linear) and m.quantized is not None for m in self.modules()
+        )
+
     @torch.no_grad()
     def use_quantized_weights(self, quantized: Mapping[str, QuantizedWeight]) -> int:
         """Compute linear layers (and the LM head) from quantized blocks; returns how many switched.

@@ -1,0 +1,53 @@
+"""Engine settings sized from the machine when the user gives none.
+
+- KV pool: on CPU a fraction of the available RAM (``MemAvailable``) with a cap, so that several
+  engines (and the OS) still fit; on CUDA a fraction of the GPU memory free after the model is
+  loaded (like vLLM's ``gpu_memory_utilization``, but of what is free).
+- Step token budget: grows with the cores (one step's prefill chunk stays ~1 s on CPU).
+- Threads: torch's default, one per core.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CPU_KV_FRACTION = 0.1
+"""Share of the available RAM a CPU engine's KV pool takes by default."""
+CPU_KV_CAP_BYTES = 2 << 30
+"""Cap on the default CPU KV pool."""
+CPU_KV_FLOOR_BYTES = 64 << 20
+GPU_KV_FRACTION = 0.85
+"""Share of the GPU memory free after the model is loaded that the KV pool takes by default."""
+TOKENS_PER_CORE = 1024
+MAX_DEFAULT_BUDGET = 8192
+
+
+def default_step_budget(cores: int | None = None) -> int:
+    """``max_num_batched_tokens`` default: 1024 per core, between 1024 and 8192."""
+    cores = cores or os.cpu_count() or 1
+    return max(TOKENS_PER_CORE, min(MAX_DEFAULT_BUDGET, TOKENS_PER_CORE * cores))
+
+
+def available_ram_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` from /proc/meminfo (None where there is no such file)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def default_kv_cache_bytes(device_type: str) -> int:
+    """Bytes for the KV pool when neither ``num_kv_blocks`` nor ``kv_cache_memory_gb`` is set."""
+    if device_type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free * GPU_KV_FRACTION)
+    available = available_ram_bytes()
+    if available is None:
+        return 1 << 30
+    return max(CPU_KV_FLOOR_BYTES, min(CPU_KV_CAP_BYTES, int(available * CPU_KV_FRACTION)))
