@@ -21,7 +21,7 @@ from torch import nn
 
 from shoal.engine.attention_context import AttentionContext
 from shoal.engine.kernels.backend import KernelBackend
-from shoal.engine.kernels.cpu.quant_linear import QuantizedWeight, quant_linear
+from shoal.engine.kernels.cpu.quant_linear import KERNEL_MAX_ROWS, QuantizedWeight, quant_linear
 from shoal.engine.loader.errors import ModelLoadError
 from shoal.engine.model_config import ModelConfig
 from shoal.engine.models.rotary import build_cos_sin_cache
@@ -231,8 +231,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, vocab]`` float32 logits for the selected hidden states ``[N, hidden]``."""
-        if self._quantized_lm_head is not None:
-            return quant_linear(hidden.float(), self._quantized_lm_head)
+        # Past the kernel's rows a tied head multiplies the fp32 embedding (kept for lookups) instead
+        # of dequantizing 49k rows per step.
+        head = self._quantized_lm_head
+        if head is not None and (hidden.shape[0] <= KERNEL_MAX_ROWS or self.lm_head is not None):
+            return quant_linear(hidden.float(), head)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
 
