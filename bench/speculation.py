@@ -148,10 +148,13 @@ def main() -> None:
     batch = None
     if not args.quick:
         fresh = LLM(MODEL, speculation=SpeculationConfig())
-        plain_tok_s, plain_out = batch_workload(plain, 128)
-        spec_tok_s, spec_out = batch_workload(fresh, 128)
-        identical &= plain_out == spec_out
-        batch = (plain_tok_s, spec_tok_s)
+        plain_best = spec_best = 0.0
+        for _ in range(args.repeats):  # alternating sides, best of each: load from others hits both
+            plain_tok_s, plain_out = batch_workload(plain, 128)
+            spec_tok_s, spec_out = batch_workload(fresh, 128)
+            identical &= plain_out == spec_out
+            plain_best, spec_best = max(plain_best, plain_tok_s), max(spec_best, spec_tok_s)
+        plain_tok_s, spec_tok_s = batch = (plain_best, spec_best)
         print(f"batch-64 plain {plain_tok_s:.1f} tok/s  spec {spec_tok_s:.1f} tok/s  {spec_tok_s / plain_tok_s:.2f}x")
     write_report(rows, batch, identical, max_tokens, args)
 
@@ -180,8 +183,9 @@ def write_report(rows: list[tuple[str, str, Run, Run]], batch: tuple[float, floa
         lines.append(f"| {phase} | {name} | {base.decode_tok_s:.1f} | {fast.decode_tok_s:.1f} | "
                      f"{fast.decode_tok_s / base.decode_tok_s:.2f}x | {rate:.2f} | {mean:.2f} | {len(base.tokens)} |")  # fmt: skip
     if batch is not None:
-        lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each): plain {batch[0]:.1f} "
-                      f"output tok/s, speculating engine {batch[1]:.1f} ({batch[1] / batch[0]:.2f}x)."]  # fmt: skip
+        lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each, best of {args.repeats} "
+                      f"alternating runs): plain {batch[0]:.1f} output tok/s, speculating engine {batch[1]:.1f} "
+                      f"({batch[1] / batch[0]:.2f}x)."]  # fmt: skip
     lines += [
         "",
         "Acceptance rate = accepted / drafted tokens; mean accepted length = tokens emitted per verified draft "

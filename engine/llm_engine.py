@@ -19,7 +19,7 @@ from shoal.engine.sampler import SampleResult
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from shoal.engine.sequence import Sequence
-from shoal.engine.spec.speculator import Speculator
+from shoal.engine.spec.speculator import TOKEN_COST, Speculator
 from shoal.engine.structured import GrammarCompiler, advance
 
 logger = logging.getLogger("shoal.engine")
@@ -58,7 +58,10 @@ class LLMEngine:
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
         self.grammars = GrammarCompiler(self.tokenizer, self.runner.model_config.vocab_size, self.eos_token_ids)
         """Structured-output grammars; the server compiles through it off the engine thread."""
-        self.speculator = Speculator(config.speculation) if config.speculation is not None else None
+        self.speculator = None
+        if config.speculation is not None:
+            cost = TOKEN_COST.get(self.runner.device.type, TOKEN_COST["cpu"])
+            self.speculator = Speculator(config.speculation, token_cost=cost)
         self._requests: dict[str, RequestState] = {}
         self._arrivals = itertools.count()
         self._prompt_tokens = 0

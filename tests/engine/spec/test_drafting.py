@@ -9,7 +9,7 @@ import pytest
 from shoal.engine.sampling_params import SamplingParams
 from shoal.engine.sequence import Sequence, SequenceStatus
 from shoal.engine.spec.config import SpeculationConfig
-from shoal.engine.spec.speculator import Speculator
+from shoal.engine.spec.speculator import TOKEN_COST, Speculator, best_draft_size
 from shoal.engine.spec.token_tree import ROOT, DraftTree, TreeBuilder
 from shoal.engine.spec.trie import NgramTrie
 from shoal.engine.spec.trie_drafter import TrieDrafter
@@ -133,16 +133,18 @@ def test_policy_batch_size_eligibility_and_adaptive_budget() -> None:
     assert penalised.draft is None and early.draft is None
     seq = seqs[0]
     assert seq.draft is not None
-    spec.record(seq, seq.draft, 3)
-    assert spec.budget(seq) == 7
-    spec.record(seq, seq.draft, 0)  # a miss: the budget shrinks and the request sits out a step
-    assert spec.budget(seq) == 4
+    assert spec.budget(seq) == best_draft_size(0.6, TOKEN_COST["cpu"], 8) == 3  # no history yet
+    full = max(seq.draft.depths)
+    spec.record(seq, seq.draft, full)  # all accepted: the next draft is as long as allowed
+    assert spec.budget(seq) == 8
+    spec.record(seq, seq.draft, 0)  # a miss: the draft shrinks and the request sits out a step
+    assert spec.budget(seq) < 8
     spec.propose([seq], max_model_len=100)
     assert seq.draft is None
     spec.propose([seq], max_model_len=100)
     assert seq.draft is not None
-    assert spec.stats.num_drafts == 2 and spec.stats.num_accepted_tokens == 3
-    assert spec.stats.mean_accepted_length == 2.5
+    assert spec.stats.num_drafts == 2 and spec.stats.num_accepted_tokens == full
+    assert spec.stats.mean_accepted_length == 1 + full / 2
 
 
 def test_draft_stays_inside_max_tokens_and_model_length() -> None:
@@ -150,6 +152,13 @@ def test_draft_stays_inside_max_tokens_and_model_length() -> None:
     seq = _running([1, 2, 3, 1, 2, 3, 1, 2], num_prompt=4)
     spec.propose([seq], max_model_len=10)
     assert seq.draft is not None and max(seq.draft.depths) <= 2
+
+
+def test_draft_size_follows_acceptance_and_cost() -> None:
+    assert best_draft_size(0.05, 0.1, 8) == 0, "drafting a likely miss costs more than it saves"
+    sizes = [best_draft_size(a, 0.1, 8) for a in (0.2, 0.4, 0.6, 0.8, 0.95)]
+    assert sizes == sorted(sizes) and sizes[-1] == 8
+    assert best_draft_size(0.6, 0.02, 8) > best_draft_size(0.6, 0.1, 8), "cheaper verification drafts more"
 
 
 def test_invalid_settings_are_rejected() -> None:
