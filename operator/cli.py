@@ -24,6 +24,7 @@ from shoal.operator.local_plan import Plan, plan_stack
 from shoal.operator.local_runtime import (
     Child,
     ChildFailed,
+    OnDemandEngines,
     RunState,
     Supervisor,
     default_state_dir,
@@ -89,6 +90,17 @@ def demo_request(plan: Plan, name: str, timeout: float = 600.0) -> str:
     return text.strip()
 
 
+def _on_demand(supervisor: Supervisor, plan: Plan, state_dir: Path) -> OnDemandEngines:
+    """The thread that starts and stops minReplicas-0 pools' engines (running once routers are up)."""
+    def changed(line: str) -> None:
+        RunState.of(supervisor, plan.endpoints).write(state_dir)
+        console.print(line, markup=False, highlight=False)
+
+    scaler = OnDemandEngines(supervisor, plan.on_demand, changed)
+    scaler.start()
+    return scaler
+
+
 def _serve(supervisor: Supervisor) -> None:
     with httpx.Client(trust_env=False) as client:
         while True:
@@ -120,6 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     supervisor = Supervisor()
+    scaler: OnDemandEngines | None = None
     try:
         # Engines first: a router started before them would back off from the failing endpoints.
         reported: set[str] = set()
@@ -129,6 +142,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     supervisor.start(spec)
             RunState.of(supervisor, plan.endpoints).write(state_dir)
             _wait(supervisor, args.timeout, reported)
+        if plan.on_demand:
+            scaler = _on_demand(supervisor, plan, state_dir)
         for name, url in plan.endpoints.items():
             console.print(f"[bold green]ready[/]: {name} serves {plan.models[name]} at [bold]{url}[/]")
         console.print(f"logs: {state_dir / 'logs'}   stop: Ctrl-C or `shoal down`")
@@ -146,6 +161,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if scaler is not None:
+            scaler.stop()
         supervisor.stop()
         RunState.clear(state_dir)
         console.print("stopped: no process left")

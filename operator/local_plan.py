@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.crds import ModelPoolSpec, parse_model_uri
+from shoal.crds.modelpool import Autoscaling
 from shoal.operator.builders.engine_args import ENGINE_API_KEY_ENV, engine_args
 from shoal.operator.builders.modelpool import desired_replicas
 from shoal.operator.builders.program_class import program_class
 from shoal.operator.builders.router_config import CLASSES_KEY, UPSTREAM_KEY_ENV, render
 from shoal.operator.manifests import LocalStack
+from shoal.operator.scale_to_zero import DEMAND_PATH
 
 HOST = "127.0.0.1"
 
@@ -38,6 +40,18 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class OnDemandPool:
+    """A minReplicas-0 pool: its engines start when a router holds a request for it, and stop
+    after ``autoscaling.scaleToZeroAfterSeconds`` without requests."""
+
+    name: str
+    processes: tuple[ProcessSpec, ...]
+    autoscaling: Autoscaling
+    demand_urls: tuple[str, ...]
+    """``/shoal/demand`` of every router serving the pool."""
+
+
+@dataclass(frozen=True)
 class Plan:
     """Processes in start order (engines, then routers), files to write first, and what to tell the user."""
 
@@ -50,6 +64,8 @@ class Plan:
     models: dict[str, str] = field(default_factory=dict)
     """Router name (or pool name) -> a model name it serves."""
     notes: tuple[str, ...] = ()
+    on_demand: tuple[OnDemandPool, ...] = ()
+    """Pools whose engines are not in ``processes``: started and stopped on demand."""
 
 
 def local_model(uri: str) -> str:
@@ -80,9 +96,20 @@ def plan_stack(
     replicas: dict[str, list[str]] = {}
     notes: list[str] = []
     logs = state_dir / "logs"
+    routed = {ref.name for router in stack.routers.values() for ref in router.pools}
+    lazy: dict[str, list[ProcessSpec]] = {}
     for name, pool in stack.pools.items():
         count = desired_replicas(pool)
-        if pool.autoscaling is not None:
+        if pool.autoscaling is not None and pool.autoscaling.min_replicas == 0 and name in routed:
+            count = max(1, count)
+            lazy[name] = []
+            notes.append(f"ModelPool {name}: minReplicas 0: {count} replica(s) start on the first request "
+                         f"and stop after {pool.autoscaling.idle_seconds}s without requests")  # fmt: skip
+        elif pool.autoscaling is not None and pool.autoscaling.min_replicas == 0:
+            count = max(1, count)
+            notes.append(f"ModelPool {name}: minReplicas 0 needs a Router in front (it holds requests while "
+                         f"the engine starts); running {count} replica(s)")  # fmt: skip
+        elif pool.autoscaling is not None:
             notes.append(f"ModelPool {name}: autoscaling is not emulated locally; running {count} replica(s)")
         replicas[name] = []
         for i in range(count):
@@ -92,13 +119,14 @@ def plan_stack(
             env = ((ENGINE_API_KEY_ENV, key),) if key is not None else ()
             argv = (python, "-m", engine_module, *args)
             spec = ProcessSpec(f"engine/{name}-{i}", argv, port, logs / f"{name}-{i}.log", env)
-            processes.append(spec)
+            lazy.get(name, processes).append(spec)
             replicas[name].append(spec.url)
 
     files: dict[Path, str] = {}
     endpoints: dict[str, str] = {}
     api_keys: dict[str, str] = {}
     models: dict[str, str] = {}
+    demand_urls: dict[str, tuple[str, ...]] = {}
     for index, (name, router) in enumerate(stack.routers.items()):
         port = router_port if index == 0 and router_port else next(ports)
         folder = state_dir / "routers" / name
@@ -131,6 +159,8 @@ def plan_stack(
             )
         )
         endpoints[name] = f"http://{HOST}:{port}/v1"
+        demand_urls.update({ref.name: (*demand_urls.get(ref.name, ()), f"http://{HOST}:{port}{DEMAND_PATH}")
+                            for ref in router.pools})  # fmt: skip
         first = stack.pools[router.pools[0].name]
         models[name] = first.model.served_model_name
     if not stack.routers:
@@ -138,4 +168,9 @@ def plan_stack(
             if urls:
                 endpoints[name] = f"{urls[0]}/v1"
                 models[name] = stack.pools[name].model.served_model_name
-    return Plan(tuple(processes), files, endpoints, api_keys, models, tuple(notes))
+    on_demand = tuple(
+        OnDemandPool(name, tuple(specs), autoscaling, demand_urls[name])
+        for name, specs in lazy.items()
+        if (autoscaling := stack.pools[name].autoscaling) is not None
+    )
+    return Plan(tuple(processes), files, endpoints, api_keys, models, tuple(notes), on_demand)

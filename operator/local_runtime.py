@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from shoal.operator.local_plan import ProcessSpec
+from shoal.operator.local_plan import OnDemandPool, ProcessSpec
+from shoal.operator.scale_to_zero import Demand, DemandUnavailable, decide, merge, parse_demand
 
 STATE_FILE = "state.json"
 _PR_SET_PDEATHSIG = 1
@@ -91,6 +93,8 @@ class Supervisor:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.children: list[Child] = []
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The on-demand thread starts and stops engines while the main thread polls health.
+        self.lock = threading.RLock()
 
     def start(self, spec: ProcessSpec) -> Child:
         spec.log.parent.mkdir(parents=True, exist_ok=True)
@@ -105,14 +109,27 @@ class Supervisor:
                 preexec_fn=_child_setup(os.getpid()),
             )
         child = Child(spec, proc)
-        self.children.append(child)
+        with self.lock:
+            self.children.append(child)
         return child
+
+    def stop_some(self, names: set[str], grace: float = 15.0) -> None:
+        """Stop the children with these names (SIGTERM, then SIGKILL after ``grace``); the rest run on."""
+        with self.lock:
+            leaving = [c for c in self.children if c.spec.name in names]
+            self.children = [c for c in self.children if c.spec.name not in names]
+        _stop_children(leaving, grace)
 
     def poll_health(self, client: httpx.Client) -> None:
         """Re-probe every child's health (a router turns unhealthy while its engines are); ChildFailed on exit."""
-        for child in self.children:
+        with self.lock:
+            children = list(self.children)
+        for child in children:
             code = child.proc.poll()
             if code is not None:
+                with self.lock:
+                    if child not in self.children:
+                        continue  # stopped on purpose (scaled to zero) while this round ran
                 raise ChildFailed(f"{child.spec.name} exited with status {code}; log {child.spec.log}:\n{child.tail()}")
             try:
                 child.healthy = client.get(child.spec.health_url, timeout=2).status_code == 200
@@ -143,18 +160,77 @@ class Supervisor:
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM every process group (routers first), then SIGKILL what is left; reap all."""
-        for child in reversed(self.children):
-            signal_group(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in reversed(self.children):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-        for child in self.children:
-            # Kill the whole group even if the leader exited: it may have left workers behind.
-            signal_group(child.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(5)
-        self.children.clear()
+        with self.lock:
+            leaving, self.children = self.children, []
+        _stop_children(list(reversed(leaving)), grace)
+
+
+def _stop_children(children: list[Child], grace: float) -> None:
+    for child in children:
+        signal_group(child.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        # Kill the whole group even if the leader exited: it may have left workers behind.
+        signal_group(child.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(5)
+
+
+class OnDemandEngines(threading.Thread):
+    """Scale to zero locally: starts a minReplicas-0 pool's engines when its routers hold (or
+    serve) a request for it, and stops them once every router reports it idle for
+    ``scaleToZeroAfterSeconds``; the same rule as the operator's (operator/scale_to_zero.py)."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        pools: tuple[OnDemandPool, ...],
+        on_change: Callable[[str], None] = lambda line: None,
+        interval: float = 0.25,
+    ) -> None:
+        super().__init__(name="on-demand-engines", daemon=True)
+        self.supervisor = supervisor
+        self.pools = pools
+        self.on_change = on_change
+        self.interval = interval
+        self.running: set[str] = set()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=2) as client:
+            while not self._stopped.wait(self.interval):
+                for pool in self.pools:
+                    self.step(client, pool)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(10)
+
+    def step(self, client: httpx.Client, pool: OnDemandPool) -> None:
+        answers: list[Demand] = []
+        complete = True
+        for url in pool.demand_urls:
+            try:
+                demand = parse_demand(client.get(url).json()).get(pool.name)
+            except (httpx.HTTPError, ValueError, DemandUnavailable):
+                demand = None
+            complete &= demand is not None
+            answers += [demand] if demand is not None else []
+        up = pool.name in self.running
+        target = decide(len(pool.processes) if up else 0, pool.autoscaling, merge(answers) if answers else None,
+                        complete)  # fmt: skip
+        if target and not up:
+            for spec in pool.processes:
+                self.supervisor.start(spec)
+            self.running.add(pool.name)
+            self.on_change(f"ModelPool {pool.name}: a request is waiting; started {len(pool.processes)} engine(s)")
+        elif target == 0 and up:
+            self.supervisor.stop_some({spec.name for spec in pool.processes})
+            self.running.discard(pool.name)
+            self.on_change(f"ModelPool {pool.name}: no request for {pool.autoscaling.idle_seconds}s; engines stopped")
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -182,9 +258,10 @@ class RunState:
 
     @classmethod
     def of(cls, supervisor: Supervisor, endpoints: dict[str, str]) -> RunState:
+        with supervisor.lock:
+            children = list(supervisor.children)
         processes = [
-            {"name": c.spec.name, "pid": c.proc.pid, "url": c.spec.url, "log": str(c.spec.log)}
-            for c in supervisor.children
+            {"name": c.spec.name, "pid": c.proc.pid, "url": c.spec.url, "log": str(c.spec.log)} for c in children
         ]
         return cls(os.getpid(), time.time(), endpoints, processes)
 
