@@ -128,6 +128,15 @@ class ResourceRequirements(ApiModel):
     """Maximum resources, e.g. {nvidia.com/gpu: 1}. Extended resources such as GPUs must appear here."""
 
 
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the resource's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
+    """Secret name."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "api-key"
+    """Key in the Secret holding the value."""
+
+
 class Toleration(ApiModel):
     """A Pod toleration (e.g. for GPU node taints)."""
 

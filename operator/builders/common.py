@@ -138,5 +138,16 @@ def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+SHOAL_UID = 10001
+"""The user of Shoal's images (docker/*.Dockerfile)."""
+
+
 def pod_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+    # Shoal's images run as uid 10001 (1000 is the ubuntu user of ubuntu:24.04 and the CUDA bases).
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SHOAL_UID,
+        "runAsGroup": SHOAL_UID,
+        "fsGroup": SHOAL_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

@@ -13,7 +13,6 @@ from shoal.operator.builders.common import (
     Manifest,
     Owner,
     child_name,
-    container_security,
     metadata,
     pod_security,
     pre_stop,
@@ -21,7 +20,14 @@ from shoal.operator.builders.common import (
     quantity,
     selector_labels,
 )
-from shoal.operator.builders.engine_args import ENGINE_API_KEY_ENV, engine_args
+from shoal.operator.builders.engine_args import engine_args
+from shoal.operator.builders.engine_pod import (
+    apply_pod_settings,
+    engine_container_security,
+    engine_env,
+    service_account,
+    writable_volumes,
+)
 
 MODEL_DIR = "/models"
 WAITING_METRIC = "vllm:num_requests_waiting"
@@ -85,6 +91,7 @@ def _resources(spec: ModelPoolSpec) -> dict[str, Any]:
 def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
     """The engine Deployment: one pod per replica, probes on /health, Prometheus scrape annotations."""
     mount = model_mount(spec.model.uri)
+    writable, writable_mounts = writable_volumes()
     gpu = spec.gpus > 0
     container: dict[str, Any] = {
         "name": "engine",
@@ -99,14 +106,11 @@ def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
         "livenessProbe": probe("/health", period=15, failures=4, timeout=5),
         "lifecycle": pre_stop(),
         "resources": _resources(spec),
-        "volumeMounts": [*mount.mounts, {"name": "cache", "mountPath": "/home/shoal/.cache"}],
-        "securityContext": container_security(),
+        "env": engine_env(spec),
+        "volumeMounts": [*mount.mounts, *writable_mounts],
+        "securityContext": engine_container_security(),
     }
-    if spec.engine.auth is not None:
-        ref = spec.engine.auth.api_key_secret_ref
-        secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
-        container["env"] = [{"name": ENGINE_API_KEY_ENV, "valueFrom": secret}]
-    volumes = [*mount.volumes, {"name": "cache", "emptyDir": {}}]
+    volumes = [*mount.volumes, *writable]
     if gpu:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
@@ -126,7 +130,7 @@ def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
                 "command": ["python", "-c", "import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:3])"],
                 "args": [mount.download_url, mount.model_arg],
                 "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}],
-                "securityContext": container_security(),
+                "securityContext": engine_container_security(),
             }
         ]
     if spec.node_selector:
@@ -134,6 +138,12 @@ def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
     if spec.tolerations:
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in spec.tolerations]
     meta = metadata(owner)
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ENGINE_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    apply_pod_settings(owner, spec, pod, annotations)
     # GPU pools have no spare GPU to surge onto: replace one replica at a time instead.
     rolling = {"maxSurge": 0, "maxUnavailable": 1} if gpu else {"maxSurge": 1, "maxUnavailable": 0}
     return {
@@ -145,14 +155,7 @@ def deployment(owner: Owner, spec: ModelPoolSpec, images: Images) -> Manifest:
             "selector": {"matchLabels": selector_labels(owner)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
             "template": {
-                "metadata": {
-                    "labels": meta["labels"],
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(ENGINE_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
+                "metadata": {"labels": meta["labels"], "annotations": annotations},
                 "spec": pod,
             },
         },
@@ -260,7 +263,7 @@ def scaled_object(owner: Owner, spec: ModelPoolSpec) -> Manifest:
 
 def pool_children(owner: Owner, spec: ModelPoolSpec, images: Images, *, keda: bool) -> list[Manifest]:
     """Every child of a valid ModelPool, in apply order."""
-    children = [deployment(owner, spec, images), service(owner), pod_disruption_budget(owner)]
+    children = [deployment(owner, spec, images), service_account(owner), service(owner), pod_disruption_budget(owner)]
     if spec.autoscaling is not None:
         children.append(scaled_object(owner, spec) if keda else horizontal_pod_autoscaler(owner, spec))
     return children

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from shoal.crds import agentprogram, common, modelpool
+from shoal.crds import agentprogram, common, model_source, modelpool, pod
 from shoal.crds.cel import CelRule, rules_of
 from shoal.crds.common import Reason, explain
 from shoal.crds.generate import KINDS, crd
@@ -29,7 +29,7 @@ _KINDS = {kind.kind: kind for kind in KINDS}
 
 def _declared_rules() -> dict[str, CelRule]:
     rules: dict[str, CelRule] = {}
-    for module in (common, modelpool, agentprogram):
+    for module in (common, model_source, pod, modelpool, agentprogram):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseModel):
                 rules.update((rule.rule, rule) for rule in rules_of(cls))
@@ -201,6 +201,12 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
             "http:m.gguf",
         )
     ],
+    ("ModelPool", pool(pod={"env": [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf"}}, {"name": "A", "value": ""}]}), None),
+    ("ModelPool", pool(pod={"env": [{"name": "A"}]}), Reason.SPEC_INVALID),
+    ("ModelPool", pool(pod={"env": [{"name": "A", "value": "1", "secretKeyRef": {"name": "s"}}]}), Reason.SPEC_INVALID),
+    ("ModelPool", pool(pod={"env": [{"name": "SHOAL_API_KEY", "value": "x"}]}), Reason.SPEC_INVALID),
+    ("ModelPool", pool(pod={"affinity": {"nodeAffinity": {}}, "priorityClassName": "high"}), None),
+    ("ModelPool", pool(imagePullSecrets=[{"name": "registry"}]), None),
     ("AgentProgram", dict(PROGRAM), None),
     ("AgentProgram", {**PROGRAM, "tools": [TOOL]}, Reason.SANDBOX_INVALID),
     ("AgentProgram", {**PROGRAM, "tools": []}, None),

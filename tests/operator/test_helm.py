@@ -84,7 +84,7 @@ def test_namespaced_render_binds_per_namespace(helm: Path) -> None:
     docs = template(helm, "operator.watchNamespaces={team-a,team-b}", "defaultRouter.enabled=true",
                     "defaultRouter.pools={chat}", "operator.watchNamespaces[2]=shoal-system")  # fmt: skip
     validate(docs)
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["shoal-system", "team-a", "team-b"]
     assert not [d for d in docs if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"].endswith("-workloads")]
     args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -133,13 +133,12 @@ def test_rbac_covers_exactly_what_the_operator_writes(helm: Path) -> None:
             for res in rule["resources"]:
                 assert set(rule["verbs"]) <= granted[(group, res)], (group, res)
     # Nothing broader than needed: no wildcards, deletes only of autoscalers and what sandbox Roles
-    # grant, Secrets read-only.
+    # grant, no Secrets (only namespaced Roles grant those: tests/operator/test_security.py).
     assert all("*" not in verbs and "*" not in key for key, verbs in granted.items())
     assert {k for k, v in granted.items() if "delete" in v} == {("autoscaling", "horizontalpodautoscalers"),
                                                                 ("keda.sh", "scaledobjects"), ("", "pods"),
                                                                 ("networking.k8s.io", "networkpolicies")}  # fmt: skip
-    assert granted[("", "secrets")] == {"get", "create"}
-    assert _rules(template(helm, "rbac.checkSecrets=false"))[("", "secrets")] == {"create"}
+    assert ("", "secrets") not in granted
     assert ("keda.sh", "scaledobjects") not in _rules(template(helm))
 
 

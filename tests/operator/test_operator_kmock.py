@@ -328,7 +328,7 @@ def test_engine_api_key_becomes_the_routers_upstream_credential(api: Api, operat
     api.create(router("front", pools=[{"name": "chat"}]), ns)
     dep = wait_for(lambda: api.get(DEPLOYMENTS, ns, "chat-engine"), what="pool deployment")
     ref = {"secretKeyRef": {"name": "engine-key", "key": "token"}}
-    assert dep["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "SHOAL_API_KEY", "valueFrom": ref}]
+    assert {"name": "SHOAL_API_KEY", "valueFrom": ref} in dep["spec"]["template"]["spec"]["containers"][0]["env"]
     router_dep = wait_for(lambda: api.get(DEPLOYMENTS, ns, "front-router"), what="router deployment")
     router_env = router_dep["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "SHOAL_UPSTREAM_API_KEY", "valueFrom": ref} in router_env

@@ -109,7 +109,9 @@ class ShoalEmulator(kmock.KubernetesEmulator):
             current = self._current(request)
             apply = "apply-patch" in request.headers.get("Content-Type", "")
             if current is None and apply:
-                return await self._apply_create(request)
+                created = await self._apply_create(request)
+                await self._collect_garbage()  # created for an owner already gone
+                return created
             unchanged = current is not None and dicts.patch_dict(current, request.data) == current
             if apply and current is not None:
                 unchanged = self._prepare_apply(request, current)
@@ -123,9 +125,13 @@ class ShoalEmulator(kmock.KubernetesEmulator):
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
             # A failed "test" op (kopf's optimistic-concurrency check) is a 422, as on a real API server.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
-        # Only a removal can orphan dependents: a DELETE, or a patch that dropped the last finalizer.
-        if request.action == enums.action.DELETE or (
-            request.action == enums.action.UPDATE and request.name is not None and self._current(request) is None
+        # A removal orphans dependents (a DELETE, or a patch that dropped the last finalizer); a write
+        # naming an owner that is already gone makes an orphan too (a reconcile racing a deletion):
+        # the real collector deletes both.
+        if (
+            request.action == enums.action.DELETE
+            or (request.action == enums.action.UPDATE and request.name is not None and self._current(request) is None)
+            or (isinstance(request.data, dict) and (request.data.get("metadata") or {}).get("ownerReferences"))
         ):
             await self._collect_garbage()
         return response

@@ -41,3 +41,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "defaultRouter lives in %s, which operator.watchNamespaces does not include" .Release.Namespace) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Namespaces where the operator may get and create Secrets (JSON list): rbac.secretNamespaces, else
+the watched namespaces. Never cluster-wide.
+*/}}
+{{- define "shoal.secretNamespaces" -}}
+{{- toJson (.Values.rbac.secretNamespaces | default .Values.operator.watchNamespaces | default list) -}}
+{{- end }}
+
+{{/*
+"true" when every namespace the operator watches grants it Secrets (it then reports a missing
+API-key Secret as SecretNotFound); "false" otherwise (pods wait for the Secret instead).
+*/}}
+{{- define "shoal.checkSecrets" -}}
+{{- $granted := include "shoal.secretNamespaces" . | fromJsonArray -}}
+{{- $check := gt (len .Values.operator.watchNamespaces) 0 -}}
+{{- range .Values.operator.watchNamespaces -}}
+{{- if not (has . $granted) -}}{{- $check = false -}}{{- end -}}
+{{- end -}}
+{{- $check -}}
+{{- end }}
