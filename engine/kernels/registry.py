@@ -48,7 +48,7 @@ def _torch_factory() -> KernelBackend:
 
 def _triton_factory() -> KernelBackend:
     try:
-        from shoal.engine.kernels.triton_backend import TritonBackend
+        from shoal.engine.kernels.triton import TritonBackend
     except ImportError as exc:  # triton missing, or the backend not built on this install
         raise ValueError(f"the triton kernel backend is unavailable: {exc}") from exc
     return TritonBackend()

@@ -34,17 +34,17 @@ def _generate(model_dir: Path, kernels: str) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_triton_greedy_equals_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
-    from shoal.engine.kernels.triton import paged_attention
+    from shoal.engine.kernels.triton import TritonBackend
     from support.tiny_models import build_tiny_checkpoint
 
     calls: list[int] = []
-    real = paged_attention.paged_attention
+    real = TritonBackend.paged_attention
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args[0].shape[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(paged_attention, "paged_attention", counting)
+    monkeypatch.setattr(TritonBackend, "paged_attention", staticmethod(counting))
     model_dir = build_tiny_checkpoint(arch, tmp_path / arch)
     expected = _generate(model_dir, "torch")
     assert not calls
