@@ -221,10 +221,11 @@ class EndpointSet:
         if state is not None:
             state.breaker.record_success()
 
-    def probe_passed(self, url: str) -> bool:
-        """``url``'s ``/health`` answered 200; readmits it once its hold time is over (True then)."""
+    def probe_passed(self, url: str, at_once: bool = False) -> bool:
+        """``url``'s ``/health`` answered 200; readmits it once its hold time is over, or
+        ``at_once`` (True then)."""
         state = self._states.get(url)
-        if state is None or not state.breaker.probe_passed():
+        if state is None or not state.breaker.probe_passed(at_once):
             return False
         for hook in self._reset_hooks:
             hook(url)

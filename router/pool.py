@@ -180,7 +180,10 @@ class PoolRuntime:
         if healthy is None:
             return  # no verdict: an ejected endpoint stays out, a serving one keeps serving
         was_out = not state.breaker.available
-        if self.endpoints.probe_passed(url):
+        # Requests held for a pool at zero: its first engine back is better than none, however
+        # often it went away before (an engine stopped when idle is not a flapping one).
+        held = self.cold_start is not None and self.cold_start.waiting > 0
+        if self.endpoints.probe_passed(url, at_once=held):
             log.info("pool %s: %s readmitted", self.name, url)
             want_models = True
             want_digest = isinstance(self.prefix_index, PrecisePrefixIndex)

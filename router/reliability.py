@@ -54,14 +54,14 @@ class CircuitBreaker:
         if self.state is BreakerState.CLOSED:
             self.failures = 0
 
-    def probe_passed(self) -> bool:
+    def probe_passed(self, at_once: bool = False) -> bool:
         """The engine's ``/health`` answered 200. Returns True when this readmits the endpoint
-        (it stays out until its hold time is over)."""
+        (it stays out until its hold time is over, unless ``at_once``)."""
         if self.state is BreakerState.CLOSED:
             self.failures = 0
             return False
         now = self._clock()
-        if now < self.open_until:
+        if now < self.open_until and not at_once:
             return False
         self.state = BreakerState.CLOSED
         self.failures = 0

@@ -19,8 +19,9 @@ from shoal.router.errors import RouterError
 from shoal.router.server import uvicorn_settings
 
 
-def _cold_config(url: str, scrape_s: float, **cold_start: Any) -> Any:
-    cfg = router_config([url], health={"scrapeIntervalS": scrape_s, "probeTimeoutS": 2.0})
+def _cold_config(url: str, scrape_s: float, eject_s: float, **cold_start: Any) -> Any:
+    breaker = {"consecutiveFailures": 2, "ejectS": eject_s, "maxEjectS": max(0.5, eject_s)}
+    cfg = router_config([url], health={"scrapeIntervalS": scrape_s, "probeTimeoutS": 2.0}, circuitBreaker=breaker)
     pool = cfg.pools[0].model_copy(update={"cold_start": ColdStartConfig(**cold_start)})
     return cfg.model_copy(update={"pools": [pool]})
 
@@ -28,13 +29,13 @@ def _cold_config(url: str, scrape_s: float, **cold_start: Any) -> Any:
 class ColdRouter:
     """A router whose only pool's engine (one static URL) is not started until ``start_engine``."""
 
-    def __init__(self, scrape_s: float = 0.05, **cold_start: Any) -> None:
+    def __init__(self, scrape_s: float = 0.05, eject_s: float = 0.2, **cold_start: Any) -> None:
         sock = free_socket()
         self.port = sock.getsockname()[1]
         sock.close()
         self.engine = FakeEngine("late")
         self.engine_server: Served | None = None
-        self.cfg = _cold_config(f"http://127.0.0.1:{self.port}", scrape_s, **cold_start)
+        self.cfg = _cold_config(f"http://127.0.0.1:{self.port}", scrape_s, eject_s, **cold_start)
         self.url = ""
 
     async def __aenter__(self) -> ColdRouter:
@@ -83,6 +84,17 @@ async def test_request_waits_for_the_first_engine_and_completes() -> None:
         assert len(r.engine.requests) == 1
         after = (await c.get(DEMAND_PATH)).json()["pools"][0]
         assert after["waiting"] == 0 and after["ready_endpoints"] == 1
+
+
+async def test_held_requests_do_not_wait_out_the_ejection_time() -> None:
+    # The engine's port was dead at the first probe (ejected for 30 s); once it answers /health,
+    # the held request goes at once: a pool at zero has nothing better to send it to.
+    async with ColdRouter(eject_s=30) as r, httpx.AsyncClient(base_url=r.url, timeout=30) as c:
+        pending = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body()))
+        await _wait_waiting(c, 1)
+        await r.start_engine()
+        resp = await asyncio.wait_for(pending, 5)
+        assert resp.status_code == 200
 
 
 async def test_hold_times_out_with_503_and_retry_after() -> None:
