@@ -34,7 +34,7 @@ for image in shoal-engine shoal-router shoal-operator; do kind load docker-image
 
 step "chart"
 helm upgrade --install shoal helm/shoal --namespace shoal-system --create-namespace --wait \
-  --set image.pullPolicy=Never \
+  --set image.pullPolicy=Never --set "rbac.secretNamespaces={$NS}" \
   --set image.operator.repository=shoal-operator --set image.operator.tag="$TAG" \
   --set image.engine.repository=shoal-engine --set image.engine.tag="$TAG" \
   --set image.router.repository=shoal-router --set image.router.tag="$TAG"
