@@ -41,8 +41,8 @@ def default_buckets(max_batch_size: int) -> list[int]:
 class DecodeCudaGraphs:
     """Graphs of ``model(input_ids, positions, ctx)`` for pure-decode batches (1 token per sequence).
 
-    Captured lazily, one bucket at a time, the first time a batch needs it (or all at once with
-    :meth:`capture_all`); every graph shares one memory pool. Only one graph's output is valid
+    The engine captures every bucket at start-up with :meth:`capture_all`; a bucket not captured
+    yet is captured the first time a batch needs it. Every graph shares one memory pool. Only one graph's output is valid
     at a time: :meth:`run` returns a view that the next replay overwrites.
     """
 

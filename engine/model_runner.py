@@ -88,7 +88,7 @@ class ModelRunner:
             self.num_blocks * self._block_bytes() / (1 << 30), "" if config.kv_cache_memory_gb or config.num_kv_blocks
             else " sized from the machine", config.max_num_batched_tokens, config.max_num_seqs,
         )  # fmt: skip
-        # [kernel-runtime] Decode CUDA graphs (engine/cuda_graph.py), captured lazily per batch bucket.
+        # [kernel-runtime] Decode CUDA graphs (engine/cuda_graph.py), one per batch bucket, captured at start-up.
         # CUDA + triton backend only (the torch ops sync with the host); SHOAL_CUDA_GRAPHS=0 turns them off.
         self.decode_graphs: DecodeCudaGraphs | None = None
         if self.device.type == "cuda" and self.ops.name == "triton" and os.environ.get("SHOAL_CUDA_GRAPHS") != "0":
@@ -96,6 +96,9 @@ class ModelRunner:
             self.decode_graphs = DecodeCudaGraphs(
                 self.model, self.ops, self.kv_caches, config.max_num_seqs, -(-max_len // self.block_size)
             )
+            # Every bucket at start-up: a first capture mid-serving would stall that step by seconds.
+            self.decode_graphs.capture_all()
+            logger.info("captured decode CUDA graphs for batch sizes %s", self.decode_graphs.buckets)
         self._generators: dict[tuple[str, int], torch.Generator] = {}
         self.grammar_masks = GrammarMasks(mc.vocab_size)
         self._seed_source = torch.Generator().manual_seed(config.seed)
