@@ -12,7 +12,7 @@ export PYTHONSAFEPATH := 1
 # Busy-waiting OpenMP threads make torch crawl when processes share the 2 cores (tests start several).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes bench-speculation bench-structured gpu-check clean
+.PHONY: setup lint test test-kernels test-slow test-fuzz test-all demo crds bench-offline bench-serve bench-router bench-routing bench-operator bench-programs bench-sandboxes bench-speculation bench-structured bench-cold-start gpu-check clean
 
 $(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/model.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-speculation: $(STAMP)
 # Structured outputs: decode tok/s with and without a grammar (batch 1 and 64), grammar compile p50/p99 (issue 16).
 bench-structured: $(STAMP)
 	$(PY) bench/structured.py
+
+# Scale from zero under shoal up: TTFT from zero (p50 of 3 cold starts) beside the warm TTFT (issue 12).
+bench-cold-start: $(STAMP)
+	$(PY) bench/cold_start.py
 
 # On a machine with an NVIDIA GPU (not run by CI).
 gpu-check:
