@@ -30,6 +30,7 @@ from shoal.operator.context import (
     validate_spec,
 )
 from shoal.operator.kube import AGENTPROGRAMS, DEPLOYMENTS, MODELPOOLS, ROUTERS, SECRETS, KubeError
+from shoal.operator.scale_to_zero import scaled_to_zero
 from shoal.operator.status import Rollout, merge_conditions, now_rfc3339, router_conditions
 from shoal.router.programs.config import ProgramClassConfig
 
@@ -129,7 +130,9 @@ async def write_router_status(
         pst = (pool or {}).get("status") or {}
         model = ((pool or {}).get("spec") or {}).get("model", {}).get("servedModelName")
         pools.append({"name": name, "model": model, "readyEndpoints": int(pst.get("readyReplicas") or 0)})
-    conds = router_conditions(Rollout.of(deployment), {p["name"]: p["readyEndpoints"] for p in pools})
+    # A pool scaled to zero has no ready replica by design: the router holds its requests meanwhile.
+    expected = {p["name"]: p["readyEndpoints"] for p in pools if not scaled_to_zero(pool_bodies[p["name"]])}
+    conds = router_conditions(Rollout.of(deployment), expected)
     status: dict[str, Any] = {
         "observedGeneration": observed,
         "replicas": Rollout.of(deployment).replicas,

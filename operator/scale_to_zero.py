@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from shoal.crds import ModelPoolSpec, RouterSpec
+from shoal.crds import ConditionType, ModelPoolSpec, Reason, RouterSpec
 from shoal.crds.modelpool import Autoscaling
 from shoal.operator.builders.common import ROUTER_PORT, Owner, child_name
 from shoal.operator.context import Ctx, try_spec
@@ -102,6 +102,14 @@ def decide(replicas: int, autoscaling: Autoscaling, demand: Demand | None, compl
     if complete and not busy and demand.idle_seconds >= autoscaling.idle_seconds:
         return 0
     return None
+
+
+def scaled_to_zero(pool_body: dict[str, Any] | None) -> bool:
+    """The pool is at zero replicas on purpose (its Ready condition says ScaledToZero)."""
+    for cond in ((pool_body or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ConditionType.READY:
+            return bool(cond.get("reason") == Reason.SCALED_TO_ZERO)
+    return False
 
 
 class HttpDemandFetcher:

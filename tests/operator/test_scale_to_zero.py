@@ -13,7 +13,14 @@ from shoal.crds.modelpool import Autoscaling
 from shoal.operator.builders.common import Images, Owner
 from shoal.operator.builders.modelpool import KEDA_PAUSED_REPLICAS, pool_children
 from shoal.operator.builders.router_config import render_router_config
-from shoal.operator.scale_to_zero import Demand, DemandUnavailable, decide, merge, parse_demand
+from shoal.operator.scale_to_zero import (
+    Demand,
+    DemandUnavailable,
+    decide,
+    merge,
+    parse_demand,
+    scaled_to_zero,
+)
 
 ZERO = Autoscaling(min_replicas=0, max_replicas=4, scale_to_zero_after_seconds=60)
 
@@ -99,3 +106,11 @@ def test_router_config_holds_requests_only_for_pools_that_scale_to_zero() -> Non
     pools = {p["name"]: p for p in config["pools"]}
     assert pools["zero"]["coldStart"] == {"maxWaiting": 256, "timeoutS": 300.0}
     assert "coldStart" not in pools["fixed"]
+
+
+def test_a_pool_at_zero_on_purpose_does_not_degrade_its_routers() -> None:
+    def body(reason: str) -> dict[str, Any]:
+        return {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": reason}]}}
+
+    assert scaled_to_zero(body("ScaledToZero"))
+    assert not scaled_to_zero(body("ReplicasUnavailable")) and not scaled_to_zero(None) and not scaled_to_zero({})
