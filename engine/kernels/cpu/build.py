@@ -87,6 +87,9 @@ def _import(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise KernelUnavailable(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # e.g. a cached build from another torch ABI: say so, fp32 still works
+        raise KernelUnavailable(f"cannot import the cached kernels {path}: {exc}") from exc
     sys.modules[_NAME] = module
     return module
