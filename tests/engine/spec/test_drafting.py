@@ -133,7 +133,7 @@ def test_policy_batch_size_eligibility_and_adaptive_budget() -> None:
     assert penalised.draft is None and early.draft is None
     seq = seqs[0]
     assert seq.draft is not None
-    assert spec.budget(seq) == best_draft_size(0.6, TOKEN_COST["cpu"], 8) == 3  # no history yet
+    assert spec.budget(seq) == best_draft_size(0.6, TOKEN_COST["cpu"], 8)  # no history yet
     full = max(seq.draft.depths)
     spec.record(seq, seq.draft, full)  # all accepted: the next draft is as long as allowed
     assert spec.budget(seq) == 8
