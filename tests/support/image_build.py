@@ -188,8 +188,9 @@ def build(name: str, dockerfile: Dockerfile, scratch: Path) -> ImageEnv:
     ignore = dockerignore()
     venv = CACHE / f"{name}-{_layer_key(dockerfile, ignore)}"
     cached = (venv / ".complete").exists()
-    if not cached and venv.exists():
-        shutil.rmtree(venv)
+    for stale in CACHE.glob(f"{name}-*"):
+        if stale != venv or not cached:
+            shutil.rmtree(stale)  # an older build of this image, or an unfinished one: GBs each
     env = ImageEnv(name, venv)
     workdir = scratch / "root"
     workdir.mkdir(parents=True)
