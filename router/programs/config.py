@@ -86,10 +86,10 @@ class ProgramsConfig(StrictModel):
     every AgentProgram of this Router into it); its classes join the inline ones."""
     reload_interval_s: float = Field(default=2.0, gt=0)
     """How often ``classesFile`` is checked for changes."""
-    high_watermark: float = Field(default=0.90, gt=0, le=1)
+    high_watermark: float = Field(default=0.95, gt=0, le=1)
     """Fraction of an engine's KV blocks the programs' working set may reach before the
     scheduler pauses programs there."""
-    low_watermark: float = Field(default=0.75, gt=0, le=1)
+    low_watermark: float = Field(default=0.85, gt=0, le=1)
     """Pausing stops (and resuming starts) below this fraction: the hysteresis band."""
     tick_s: float = Field(default=0.5, gt=0, le=60)
     """Timer for decisions between events (leases, aging, capacity changes)."""

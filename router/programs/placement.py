@@ -24,9 +24,10 @@ def usable_engines(engines: Mapping[str, EngineCapacity], call: Call) -> list[st
     ]
 
 
-def extra_tokens(ledger: EngineLedger | None, program: Program, call: Call) -> int:
-    """KV tokens the call's program would add to an engine (blocks already there count once)."""
-    tokens = max(program.context_tokens, call.prompt_tokens)
+def extra_tokens(ledger: EngineLedger | None, program: Program, call: Call, grow_to: int = 0) -> int:
+    """KV tokens the call's program would add to an engine (blocks already there count once);
+    ``grow_to``: the context it is expected to grow to (a new program)."""
+    tokens = max(program.context_tokens, call.prompt_tokens, grow_to)
     if ledger is None:
         return tokens
     if program.key in ledger.members:
@@ -41,10 +42,11 @@ def extra_tokens(ledger: EngineLedger | None, program: Program, call: Call) -> i
 
 
 def room_after(
-    cap: EngineCapacity, ledger: EngineLedger | None, program: Program, call: Call, low_watermark: float
+    cap: EngineCapacity, ledger: EngineLedger | None, program: Program, call: Call, low_watermark: float,
+    grow_to: int = 0,
 ) -> int:
     """Tokens left under the low watermark once the call's program is there (< 0: no room)."""
-    extra = extra_tokens(ledger, program, call)
+    extra = extra_tokens(ledger, program, call, grow_to)
     limit = low_watermark * cap.total_tokens
     if ledger is None or ledger.working_set == 0:
         return max(0, int(limit - extra))  # a lone program always fits (engines cap max_model_len)
@@ -69,10 +71,10 @@ def headroom(
     return best
 
 
-def least_extra(program: Program, call: Call) -> int:
+def least_extra(program: Program, call: Call, grow_to: int = 0) -> int:
     """Tokens the call adds at least anywhere (all of its blocks already there)."""
     hashes = len(call.block_hashes) if call.block_hashes else len(program.block_hashes)
-    return max(program.context_tokens, call.prompt_tokens) - hashes * program.hash_block_size
+    return max(program.context_tokens, call.prompt_tokens, grow_to) - hashes * program.hash_block_size
 
 
 def reservation(
@@ -105,6 +107,7 @@ def place(
     sticky: bool = False,
     force: bool = False,
     reserved: Mapping[str, int] | None = None,
+    grow_to: int = 0,
 ) -> Placement:
     """The origin engine when it is usable and (unless ``sticky``/``force``) has room; else
     every engine with room (prefix affinity picks among them), charged to the roomiest.
@@ -119,7 +122,7 @@ def place(
         return frozenset({origin}), origin
     held = reserved or {}
     rooms = {
-        url: room_after(engines[url], ledgers.get(url), program, call, low_watermark) - held.get(url, 0)
+        url: room_after(engines[url], ledgers.get(url), program, call, low_watermark, grow_to) - held.get(url, 0)
         for url in usable
     }
     fitting = [url for url, room in rooms.items() if room >= 0]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from shoal.router.programs.accounting import KvAccounts
 from shoal.router.programs.config import ProgramClassConfig, ProgramsConfig
 from shoal.router.programs.counters import ProgramView, SchedulerCounters
+from shoal.router.programs.growth import ContextSizes
 from shoal.router.programs.retention import RetentionPolicy, ToolDurations
 from shoal.router.programs.state import EngineCapacity, Program
 
@@ -57,6 +58,7 @@ class ProgramRegistry:
         self.call_timeout_s = call_timeout_s
         self.counters = SchedulerCounters()
         self.durations = ToolDurations()
+        self.context_sizes = ContextSizes()
         self.retention = RetentionPolicy(
             config.retention_default_s, config.retention_max_s, config.retention_break_even_s
         )

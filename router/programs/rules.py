@@ -31,6 +31,14 @@ RESUME_SLACK_S = 2.0
 (a late call still finds it; one later still is admitted anyway, as an active program)."""
 
 
+def _waiting_since(program: Program, call: Call) -> float:
+    """A paused program's call queues from the pause, not from its own arrival: the oldest
+    pause is resumed first, which bounds the pauses' tail."""
+    if program.paused_at is not None:
+        return min(program.paused_at, call.arrived_at)
+    return call.arrived_at
+
+
 class SchedulingRules(ProgramRegistry):
     """The decisions behind the events: shared by :class:`ProgramScheduler` through inheritance."""
 
@@ -239,7 +247,7 @@ class SchedulingRules(ProgramRegistry):
         ledgers = self._kv.ledgers
         waiting = sorted(
             ((p, c) for p in self._programs.values() for c in p.waiting.values()),
-            key=lambda pc: (-pc[0].cls.priority, pc[0].turns == 0, pc[1].arrived_at, pc[1].seq),
+            key=lambda pc: (-pc[0].cls.priority, pc[0].turns == 0, _waiting_since(pc[0], pc[1]), pc[1].seq),
         )
         active_by_class: dict[str, int] = {}
         for p in self._programs.values():
@@ -249,6 +257,9 @@ class SchedulingRules(ProgramRegistry):
         still_waiting: list[Program] = []
         reserved: dict[str, int] = {}  # room held for the first blocked call per engine: no starvation
         room: float | None = None  # headroom(), recomputed after anything that changes it
+        growth: dict[str, int] | None = None  # reserved + the growth expected of the programs there
+        room_new = 0.0
+        new_held: set[frozenset[str] | None] = set()  # candidate sets whose new programs found their engine held
         for program, call in waiting:
             if call.call_id not in program.waiting:
                 continue
@@ -263,27 +274,39 @@ class SchedulingRules(ProgramRegistry):
                 if not slots_free and not forced:
                     still_waiting.append(program)
                     continue
-                if room is None:
-                    room = headroom(self._budget, ledgers, self.config.low_watermark, reserved)
-                if not forced and self._budget and least_extra(program, call) >= room + 1:
+                grow_to = self.context_sizes.expected(program.cls.name) if program.lifecycle is Lifecycle.QUEUED else 0
+                if grow_to and not forced:
+                    if growth is None:
+                        growth = self._growth_reserve(reserved)
+                        room_new = headroom(self._budget, ledgers, self.config.low_watermark, growth)
+                    kept, space = growth, room_new
+                else:
+                    if room is None:
+                        room = headroom(self._budget, ledgers, self.config.low_watermark, reserved)
+                    kept, space = reserved, room
+                if not forced and self._budget and least_extra(program, call, grow_to) >= space + 1:
                     engines, chosen = frozenset(), None  # cannot fit anywhere: no need to look
                 else:
                     engines, chosen = place(
                         self._budget, ledgers, program, call, self.config.low_watermark, force=forced,
-                        reserved=reserved,
+                        reserved=kept, grow_to=grow_to,
                     )
                 if engines is not None and not engines:
                     still_waiting.append(program)
-                    if len(reserved) < len(self._budget):
+                    new = program.engine is None
+                    if len(reserved) < len(self._budget) and not (new and call.candidates in new_held):
                         hold = reservation(self._budget, ledgers, program, call)
                         if hold is not None and hold[0] not in reserved:
                             reserved[hold[0]] = hold[1]
-                            room = None
+                            room = growth = None
+                        elif new:  # the next new programs would pick the same engine until room changes
+                            new_held.add(call.candidates)
                     continue
                 active_by_class[program.cls.name] = active_by_class.get(program.cls.name, 0) + 1
             program.marked = False
             out.append(self._admit(program, call, engines, chosen, now, forced=forced))
-            room = None
+            room = growth = None
+            new_held.clear()
         held = [c.arrived_at for p in still_waiting for c in p.waiting.values()]
         self._aging_at = min(held) + self.config.max_wait_s if held else None
         depth = self.config.prewarm_queue_depth
@@ -295,3 +318,15 @@ class SchedulingRules(ProgramRegistry):
                 program.prewarmed = True
                 out.append(Prewarm(program.program_id, program.tenant, program.cls.name))
         return out, reserved
+
+    def _growth_reserve(self, reserved: Mapping[str, int]) -> dict[str, int]:
+        """Per engine: the room held for waiting calls plus what the programs counted there are
+        expected to grow by (to their class's mean context), which new programs must leave free."""
+        out = dict(reserved)
+        for url, ledger in self._kv.ledgers.items():
+            grow = sum(
+                max(0, self.context_sizes.expected(p.cls.name) - p.context_tokens) for p in ledger.members.values()
+            )
+            if grow:
+                out[url] = out.get(url, 0) + grow
+        return out

@@ -6,8 +6,10 @@ Above the high one, ACTING programs are paused first, then REASONING ones are ma
 when their call ends), lowest class priority first, and only as many tokens as the overflow
 down to the low watermark, counting what is already marked. Waiting calls are admitted by
 class priority, then paused programs before new ones (their blocks may still be cached,
-and finishing started programs beats starting more), then by wait; nobody waits past
-``max_wait_s``. A resumed program returns to the engine holding its blocks when that engine
+and finishing started programs beats starting more), then by wait (a paused program's from
+its pause); nobody waits past ``max_wait_s``. A new program is admitted only where there is
+room for the context programs of its class are observed to grow to, and for the growth
+still expected of the programs already there (``growth.py``). A resumed program returns to the engine holding its blocks when that engine
 has room; new programs get the set of engines with room and prefix affinity picks among them.
 """
 
@@ -146,6 +148,7 @@ class ProgramScheduler(SchedulingRules):
             program.context_seq = call.seq
             used = prompt_tokens + completion_tokens
             program.context_tokens = used if used > 0 else max(program.context_tokens, call.prompt_tokens)
+            self.context_sizes.observe(program.cls.name, used)
         program.last_tools = tuple(tool_calls)
         decisions = self._call_ended(program, call, now)
         self._kv.sync(program, now)

@@ -210,7 +210,8 @@ async def test_a_held_call_is_admitted_when_room_frees(tmp_path: Path) -> None:
     # 10 blocks of 16 tokens: one program of ~200 tokens fills the engine past the watermarks;
     # its response asks for a tool, so its pin holds (a final answer would free the room).
     engine = ProgramEngine("e0", total_blocks=10, tool_call="bash")
-    async with Harness(tmp_path, [engine], {"retentionDefaultS": 60}) as h, httpx.AsyncClient(base_url=h.url, headers=ALICE) as c:
+    programs = {"retentionDefaultS": 60, "highWatermark": 0.9, "lowWatermark": 0.75}
+    async with Harness(tmp_path, [engine], programs) as h, httpx.AsyncClient(base_url=h.url, headers=ALICE) as c:
         assert (await c.post("/v1/chat/completions", json=chat("big"))).status_code == 200
         # Another prompt (the same one would share its blocks and fit).
         held = asyncio.create_task(c.post("/v1/chat/completions", json=chat("small", "write tests " * 20)))
