@@ -65,15 +65,17 @@ class NgramTrie:
             if self.max_nodes is not None and self._num_nodes > self.max_nodes:
                 self._evict(int(self.max_nodes * 0.9))
 
-    def draft(self, context: Sequence[int], builder: TreeBuilder, max_match: int, min_share: float) -> int:
+    def draft(
+        self, context: Sequence[int], builder: TreeBuilder, max_match: int, min_share: float, min_match: int = 1
+    ) -> int:
         """Add the likeliest continuations of ``context``'s longest matched suffix to ``builder``.
 
         Best-first over the trie below the match: a branch's score is the product of its
-        shares of its siblings' counts; branches under ``min_share`` are pruned. Returns the
-        matched suffix length (0: nothing matched).
+        shares of its siblings' counts; branches under ``min_share`` are pruned. A suffix shorter
+        than ``min_match`` does not count as a match. Returns the matched suffix length (0: none).
         """
         with self._lock:
-            matched, node = self._match(context, max_match)
+            matched, node = self._match(context, max_match, min_match)
             if node is None:
                 return 0
             now = next(self._clock)
@@ -89,8 +91,8 @@ class NgramTrie:
                 self._push_children(heap, order, child, -neg_score, index, min_share)
             return matched
 
-    def _match(self, context: Sequence[int], max_match: int) -> tuple[int, _Node | None]:
-        for length in range(min(max_match, len(context), self.window - 1), 0, -1):
+    def _match(self, context: Sequence[int], max_match: int, min_match: int) -> tuple[int, _Node | None]:
+        for length in range(min(max_match, len(context), self.window - 1), max(min_match, 1) - 1, -1):
             node: _Node | None = self._root
             for token in context[len(context) - length :]:
                 node = node.children.get(token) if node is not None else None

@@ -12,6 +12,9 @@ from shoal.engine.spec.trie import NgramTrie
 
 MAX_MATCH = 4
 """Longest suffix of the sequence looked up in a trie (the longest match wins)."""
+MIN_GLOBAL_MATCH = 2
+"""Shortest suffix looked up in the global trie: one shared token says little across requests
+(with 1, open-ended chat after traffic verified more wrong guesses than it gained)."""
 
 
 @dataclass
@@ -40,7 +43,7 @@ class TrieDrafter(Drafter):
         share = self.config.min_branch_share
         own.trie.draft(seq.token_ids, builder, MAX_MATCH, share)
         if self.global_trie is not None and not builder.full:
-            self.global_trie.draft(seq.token_ids, builder, MAX_MATCH, share)
+            self.global_trie.draft(seq.token_ids, builder, MAX_MATCH, share, MIN_GLOBAL_MATCH)
         return builder.build()
 
     def release(self, seq: Sequence) -> None:

@@ -118,6 +118,8 @@ def test_drafter_uses_own_text_then_traffic() -> None:
     learned = _running([40, 41, 20, 21], num_prompt=4)
     tree = drafter.propose(learned, 4, 4)
     assert tree is not None and tree.tokens == (22, 23)
+    one_shared_token = _running([40, 41, 42, 21], num_prompt=4)
+    assert drafter.propose(one_shared_token, 4, 4) is None, "a 1-token match is too weak across requests"
 
 
 def test_policy_batch_size_eligibility_and_adaptive_budget() -> None:
