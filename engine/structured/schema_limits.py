@@ -26,7 +26,10 @@ def check_schema(schema: Any) -> None:
     """Raise :class:`GrammarError` when ``schema`` passes a limit above (or is not a schema)."""
     if not isinstance(schema, (Mapping, bool)):
         raise GrammarError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
-    size = len(json.dumps(schema))
+    try:
+        size = len(json.dumps(schema))
+    except RecursionError:
+        raise GrammarError(f"the JSON schema nests deeper than {MAX_DEPTH} levels") from None
     if size > MAX_SCHEMA_BYTES:
         raise GrammarError(f"the JSON schema is {size} bytes; at most {MAX_SCHEMA_BYTES} are supported")
     _walk(schema, schema, 0, frozenset())
@@ -34,8 +37,8 @@ def check_schema(schema: Any) -> None:
 
 def _walk(node: Any, root: Any, depth: int, expanding: frozenset[str]) -> None:
     if isinstance(node, list):
-        for item in node:
-            _walk(item, root, depth, expanding)
+        for item in node:  # a list of subschemas is one level with its keyword; nested lists add levels
+            _walk(item, root, depth + isinstance(item, list), expanding)
         return
     if not isinstance(node, Mapping):
         return

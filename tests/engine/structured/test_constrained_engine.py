@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -118,3 +119,14 @@ def test_grammars_are_cached_by_text(llm: LLM) -> None:
     before = compiler.hits
     first = compiler.compile(spec)
     assert compiler.compile(spec) is first and compiler.hits == before + 1
+
+
+@pytest.mark.parametrize("wrap", [lambda s: {"items": s}, lambda s: {"anyOf": [s]}, lambda s: {"const": [s]}])
+def test_schemas_nested_past_the_limit_are_grammar_errors(wrap: Any) -> None:
+    from shoal.engine.structured.schema_limits import check_schema
+
+    schema: Any = {}
+    for _ in range(3000):  # past Python's recursion limit too: still a clean error
+        schema = wrap(schema)
+    with pytest.raises(GrammarError, match="nests deeper than 32"):
+        check_schema(schema)
