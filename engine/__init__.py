@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shoal.engine.config import EngineConfig
     from shoal.engine.llm import LLM
-    from shoal.engine.sampling_params import SamplingParams
+    from shoal.engine.sampling_params import SamplingParams, StructuredOutput
 
-__all__ = ["LLM", "EngineConfig", "SamplingParams"]
+__all__ = ["LLM", "EngineConfig", "SamplingParams", "StructuredOutput"]
 
 _EXPORTS = {
     "LLM": "shoal.engine.llm",
     "EngineConfig": "shoal.engine.config",
     "SamplingParams": "shoal.engine.sampling_params",
+    "StructuredOutput": "shoal.engine.sampling_params",
 }
 
 
