@@ -16,11 +16,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shoal.router.programs.config import ProgramClassConfig
 from shoal.router.sandboxes.backend import Sandbox, SandboxBackend, SandboxError, ToolCall, ToolResult, Usage
+from shoal.router.sandboxes.entry import SandboxEntry
 from shoal.router.sandboxes.metrics import SandboxMetrics
 from shoal.router.sandboxes.settings import SandboxSettings
 from shoal.router.sandboxes.warm_pool import WarmPool
@@ -47,30 +47,6 @@ class SandboxDiskFull(SandboxError):
     """The program's sandbox uses more disk than its class allows; it stays refused until released."""
 
 
-@dataclass(eq=False)
-class _Entry:
-    """One program's sandbox, from the start of its preparation to its removal."""
-
-    program_id: str
-    cls: ProgramClassConfig
-    created: float
-    last_activity: float
-    task: asyncio.Task[Sandbox] | None = None
-    started: bool = False
-    """Its preparation holds a slot (or bypassed the cap): it can no longer be cancelled."""
-    kind: str = "cold"
-    """How its first call found it: ``warm`` (pool), ``prewarmed`` (preparation began before
-    the first call), ``cold``."""
-    prepare_s: float | None = None
-    """Seconds its creation and preparation took (0 from the warm pool), waits for a slot excluded."""
-    first_wait_s: float | None = None
-    busy: int = 0
-    tool_calls: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    over_disk: int | None = None
-    usage: Usage = field(default_factory=lambda: Usage(0, 0, 0))
-
-
 def _retrieve(task: asyncio.Task[Sandbox]) -> None:
     """A failed pre-warm nobody awaited yet is not an unhandled error (the next call retries)."""
     if not task.cancelled():
@@ -91,7 +67,7 @@ class SandboxManager:
         self.settings = settings or SandboxSettings()
         self.metrics = metrics or SandboxMetrics()
         self.clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, SandboxEntry] = {}
         self._creating: set[str] = set()
         """Sandboxes being created in a thread right now (not orphans, whatever recover() finds)."""
         self.warm = WarmPool(self.backend.check, self._create_warm, self._destroy, self._room, self._spawn)
@@ -196,7 +172,7 @@ class SandboxManager:
         call_task.add_done_callback(self._background.discard)
         return await asyncio.shield(call_task)
 
-    async def _call(self, entry: _Entry, sandbox: Sandbox, call: ToolCall) -> ToolResult:
+    async def _call(self, entry: SandboxEntry, sandbox: Sandbox, call: ToolCall) -> ToolResult:
         cls = entry.cls
         limit = cls.sandbox.resources.disk_bytes if cls.sandbox else None
         try:
@@ -243,34 +219,16 @@ class SandboxManager:
         entry = self._entries.get(program_id)
         if entry is None:
             return None
-        ready = entry.task is not None and entry.task.done() and not entry.task.cancelled() \
-            and entry.task.exception() is None  # fmt: skip
-        if ready:
-            assert entry.task is not None
-            entry.usage = await self._blocking(self.backend.usage, entry.task.result())
-        sandbox = entry.task.result() if ready and entry.task is not None else None
-        return {
-            "program_id": program_id,
-            "program_class": entry.cls.name,
-            "backend": self.backend.name,
-            "state": self._state(entry),
-            "sandboxes": 1 if sandbox is not None else 0,
-            "sandbox_id": sandbox.sandbox_id if sandbox else None,
-            "processes": entry.usage.processes,
-            "ports": entry.usage.ports,
-            "disk_bytes": entry.usage.disk_bytes,
-            "tool_calls": entry.tool_calls,
-            "start": entry.kind if entry.first_wait_s is not None else None,
-            "prepare_s": entry.prepare_s,
-            "first_call_wait_s": entry.first_wait_s,
-            "idle_s": self.clock() - entry.last_activity,
-        }
+        sandbox = entry.ready()
+        if sandbox is not None:
+            entry.usage = await self._blocking(self.backend.usage, sandbox)
+        return entry.ledger(self.backend.name, self.clock())
 
     def states(self) -> dict[str, int]:
         """Sandboxes by state (metrics, benchmarks)."""
         counts = {"preparing": 0, "idle": 0, "busy": 0, "warm": self.warm.ready()}
         for entry in self._entries.values():
-            counts[self._state(entry)] = counts.get(self._state(entry), 0) + 1
+            counts[entry.state()] = counts.get(entry.state(), 0) + 1
         return counts
 
     def programs(self) -> list[str]:
@@ -292,8 +250,7 @@ class SandboxManager:
         existing = await self._blocking(self.backend.list_existing)
         # What this manager holds is read after the listing: creations may start during it.
         held = self.warm.ids() | self._creating
-        held |= {e.task.result().sandbox_id for e in self._entries.values()
-                 if e.task is not None and e.task.done() and not e.task.cancelled() and e.task.exception() is None}  # fmt: skip
+        held |= {sandbox.sandbox_id for e in self._entries.values() if (sandbox := e.ready()) is not None}
         orphans = [sb for sb in existing if sb.sandbox_id not in held]
         for sb in orphans:
             log.info("removing orphaned sandbox %s (program %s)", sb.sandbox_id, sb.program_id)
@@ -302,23 +259,18 @@ class SandboxManager:
 
     # internals -------------------------------------------------------------------------------------
 
-    def _state(self, entry: _Entry) -> str:
-        if entry.task is None or not entry.task.done():
-            return "preparing"
-        return "busy" if entry.busy else "idle"
-
-    def _new_entry(self, program_id: str, cls: ProgramClassConfig, wait_for_slot: bool) -> _Entry:
+    def _new_entry(self, program_id: str, cls: ProgramClassConfig, wait_for_slot: bool) -> SandboxEntry:
         alive = len(self._entries) + self.warm.held()
         if alive >= self.settings.max_sandboxes and not self.warm.has(cls.name):
             raise SandboxLimitReached(f"{alive} sandboxes are alive, the router's limit (sandboxes.maxSandboxes)")
         now = self.clock()
-        entry = _Entry(program_id, cls, now, now)
+        entry = SandboxEntry(program_id, cls, now, now)
         self._entries[program_id] = entry
         entry.task = asyncio.create_task(self._prepare(entry, wait_for_slot), name=f"sandbox-{program_id}")
         entry.task.add_done_callback(_retrieve)
         return entry
 
-    async def _prepare(self, entry: _Entry, wait_for_slot: bool) -> Sandbox:
+    async def _prepare(self, entry: SandboxEntry, wait_for_slot: bool) -> Sandbox:
         warm = self.warm.take(entry.cls)
         if warm is not None:
             entry.started, entry.kind = True, "warm"
