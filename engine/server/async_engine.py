@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.engine.errors import StepFailedError
 from shoal.engine.outputs import CompletionOutput, RequestOutput
-from shoal.engine.server.engine_protocol import EngineLike, RequestObserver
 from shoal.engine.server.errors import RequestFailedError
+from shoal.engine.server.request_observer import RequestObserver
+
+if TYPE_CHECKING:  # the server drives an LLMEngine (tests: a fake with the same methods)
+    from shoal.engine.llm_engine import LLMEngine
 
 logger = logging.getLogger("shoal.engine.server")
 T = TypeVar("T")
@@ -119,13 +122,13 @@ class RequestStream:
                 return
 
 
-Command = Callable[[EngineLike], None]
+Command = Callable[["LLMEngine"], None]
 
 
 class AsyncEngine:
     """Owns the engine thread; every public method is called from the event loop."""
 
-    def __init__(self, engine: EngineLike, observer_factory: Callable[[], RequestObserver] | None = None) -> None:
+    def __init__(self, engine: LLMEngine, observer_factory: Callable[[], RequestObserver] | None = None) -> None:
         self.engine = engine
         self.observer_factory = observer_factory
         self._inbox: list[Command] = []
@@ -210,7 +213,7 @@ class AsyncEngine:
         self._streams[request_id] = stream
         self._not_started[request_id] = max(1, int(getattr(params, "n", 1)))
 
-        def add(engine: EngineLike) -> None:
+        def add(engine: LLMEngine) -> None:
             engine.add_request(
                 request_id,
                 None,
@@ -242,7 +245,7 @@ class AsyncEngine:
         """End every request in flight with ``exc`` (drain timeout) and abort them in the engine."""
         self._fail_requests(None, exc)
 
-    async def call(self, fn: Callable[[EngineLike], T]) -> T:
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Run ``fn(engine)`` on the engine thread between two steps and return its result."""
         self._check_alive()
         return await self._call(fn)
@@ -259,14 +262,14 @@ class AsyncEngine:
         self._not_started.pop(request_id, None)
         return self._streams.pop(request_id, None)
 
-    async def _call(self, fn: Callable[[EngineLike], T]) -> T:
+    async def _call(self, fn: Callable[[LLMEngine], T]) -> T:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[T] = loop.create_future()
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
-        def run(engine: EngineLike) -> None:
+        def run(engine: LLMEngine) -> None:
             try:
                 result = fn(engine)
             except BaseException as exc:
@@ -388,6 +391,6 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
-def _quiet_abort(engine: EngineLike, request_id: str) -> None:
+def _quiet_abort(engine: LLMEngine, request_id: str) -> None:
     with contextlib.suppress(KeyError, ValueError):
         engine.abort_request(request_id)
