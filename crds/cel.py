@@ -8,6 +8,7 @@ every rule on valid and invalid specs and check both sides agree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -39,9 +40,16 @@ class CelRule:
 
 
 def rules_of(cls: type) -> tuple[CelRule, ...]:
-    """The rules a class declares itself (a subclass does not repeat its base's)."""
-    rules: tuple[CelRule, ...] = cls.__dict__.get(RULES_ATTRIBUTE, ())
-    return rules
+    """The rules a class declares itself (a subclass does not repeat its base's).
+
+    The router's settings models cannot import this package (it sits above them): they declare
+    plain mappings with the same keys (rule, message, reason, fieldPath).
+    """
+    declared: tuple[CelRule | Mapping[str, str], ...] = cls.__dict__.get(RULES_ATTRIBUTE, ())
+    return tuple(
+        r if isinstance(r, CelRule) else CelRule(r["rule"], r["message"], r["reason"], r.get("fieldPath"))
+        for r in declared
+    )
 
 
 def has_path(path: str) -> str:

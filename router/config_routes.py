@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -54,6 +55,16 @@ class RouteConfig(_Strict):
     """Weighted split across pools (sticky per program/session id when the request has one)."""
     rules: list[RouteRule] = Field(default_factory=list)
     """Prompt-content rules, tried before the default."""
+
+    # The Router CRD's admission rule for _target (shoal.crds.cel reads it; this package cannot
+    # import shoal.crds, so a plain mapping).
+    CEL_RULES: ClassVar[tuple[dict[str, str], ...]] = (
+        {
+            "rule": "has(self.pool) != has(self.split) && (!has(self.split) || size(self.split) > 0)",
+            "message": "a route needs exactly one of pool or a non-empty split",
+            "reason": "RoutesInvalid",
+        },
+    )
 
     @model_validator(mode="after")
     def _target(self) -> RouteConfig:

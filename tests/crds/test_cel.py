@@ -22,6 +22,7 @@ from shoal.crds import agentprogram, common, model_source, modelpool, pod
 from shoal.crds.cel import CelRule, rules_of
 from shoal.crds.common import Reason, explain
 from shoal.crds.generate import KINDS, crd
+from shoal.router import config_routes
 
 _CEL = celpy.Environment()
 _KINDS = {kind.kind: kind for kind in KINDS}
@@ -29,7 +30,7 @@ _KINDS = {kind.kind: kind for kind in KINDS}
 
 def _declared_rules() -> dict[str, CelRule]:
     rules: dict[str, CelRule] = {}
-    for module in (common, model_source, pod, modelpool, agentprogram):
+    for module in (common, model_source, pod, modelpool, agentprogram, config_routes):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseModel):
                 rules.update((rule.rule, rule) for rule in rules_of(cls))
@@ -207,6 +208,16 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("ModelPool", pool(pod={"env": [{"name": "SHOAL_API_KEY", "value": "x"}]}), Reason.SPEC_INVALID),
     ("ModelPool", pool(pod={"affinity": {"nodeAffinity": {}}, "priorityClassName": "high"}), None),
     ("ModelPool", pool(imagePullSecrets=[{"name": "registry"}]), None),
+    *[
+        ("Router", {"pools": [{"name": "p"}], "routes": [{"model": "m", **route}]}, reason)
+        for route, reason in (
+            ({"pool": "p"}, None),
+            ({"split": [{"pool": "p", "weight": 1}]}, None),
+            ({}, Reason.ROUTES_INVALID),
+            ({"pool": "p", "split": [{"pool": "p", "weight": 1}]}, Reason.ROUTES_INVALID),
+            ({"split": []}, Reason.ROUTES_INVALID),
+        )
+    ],
     ("AgentProgram", dict(PROGRAM), None),
     ("AgentProgram", {**PROGRAM, "tools": [TOOL]}, Reason.SANDBOX_INVALID),
     ("AgentProgram", {**PROGRAM, "tools": []}, None),

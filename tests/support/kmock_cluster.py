@@ -78,6 +78,7 @@ class ShoalEmulator(kmock.KubernetesEmulator):
         self._namespaces = ["default"]
         self.rejections: dict[tuple[str, str, str], str] = {}
         """(plural, namespace, name) -> why writes of that object are refused with a 422."""
+        self._deleted_uids: set[str] = set()
         for key, (kind, namespaced, subresources) in {**BUILTIN, **(KEDA if keda else {})}.items():
             self.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=_ALL_VERBS, subresources=subresources
@@ -110,7 +111,7 @@ class ShoalEmulator(kmock.KubernetesEmulator):
             apply = "apply-patch" in request.headers.get("Content-Type", "")
             if current is None and apply:
                 created = await self._apply_create(request)
-                await self._collect_garbage()  # created for an owner already gone
+                await self._collect_garbage(deleted_owners_only=True)  # created for an owner already gone
                 return created
             unchanged = current is not None and dicts.patch_dict(current, request.data) == current
             if apply and current is not None:
@@ -120,20 +121,23 @@ class ShoalEmulator(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(current)
         if request.resource is not None:
             self._stamp(request)
+        before = self._current(request)
         try:
             response = await super()._handle(request)
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
             # A failed "test" op (kopf's optimistic-concurrency check) is a 422, as on a real API server.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
         # A removal orphans dependents (a DELETE, or a patch that dropped the last finalizer); a write
-        # naming an owner that is already gone makes an orphan too (a reconcile racing a deletion):
-        # the real collector deletes both.
-        if (
-            request.action == enums.action.DELETE
-            or (request.action == enums.action.UPDATE and request.name is not None and self._current(request) is None)
-            or (isinstance(request.data, dict) and (request.data.get("metadata") or {}).get("ownerReferences"))
+        # naming an owner that was deleted makes an orphan too (a reconcile racing a deletion): the
+        # real collector deletes both. (Owners the test never created are not judged on writes.)
+        if before is not None and self._current(request) is None:
+            self._deleted_uids.add(before.get("metadata", {}).get("uid"))
+        if request.action == enums.action.DELETE or (
+            request.action == enums.action.UPDATE and request.name is not None and self._current(request) is None
         ):
             await self._collect_garbage()
+        elif isinstance(request.data, dict) and (request.data.get("metadata") or {}).get("ownerReferences"):
+            await self._collect_garbage(deleted_owners_only=True)
         return response
 
     def _check_rejection(self, request: rendering.Request) -> None:
@@ -216,21 +220,27 @@ class ShoalEmulator(kmock.KubernetesEmulator):
         raw: dict[str, Any] = self.objects[key].raw
         return raw
 
-    async def _collect_garbage(self) -> None:
-        """Delete objects whose controller owner no longer exists (cascading)."""
+    async def _collect_garbage(self, *, deleted_owners_only: bool = False) -> None:
+        """Delete objects whose controller owner no longer exists (cascading); with
+        ``deleted_owners_only``, only those whose owner existed here and was deleted."""
         while True:
             async with self._lock:
                 alive = {
                     obj.raw.get("metadata", {}).get("uid") for _, obj in self.objects.items() if not obj.deleted
                 }
+                gone = (self._deleted_uids - alive) if deleted_owners_only else None
                 orphans = [
                     (key, obj)
                     for key, obj in self.objects.items()
                     if not obj.deleted
-                    and any(ref.get("uid") not in alive for ref in obj.raw.get("metadata", {}).get("ownerReferences", []))
+                    and any(
+                        (ref.get("uid") in gone) if gone is not None else (ref.get("uid") not in alive)
+                        for ref in obj.raw.get("metadata", {}).get("ownerReferences", [])
+                    )
                 ]
                 for (resource, _, _), obj in orphans:
                     raw = obj.raw
+                    self._deleted_uids.add(raw.get("metadata", {}).get("uid"))
                     obj.delete()
                     await self._buses[resource].put({"type": "DELETED", "object": raw})
             if not orphans:
