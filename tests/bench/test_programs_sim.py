@@ -128,9 +128,11 @@ def test_thunderagent_as_coded_marks_every_reasoning_program_and_intended_stops_
     assert marked[True] == 2
 
 
-def test_shoal_runs_the_real_scheduler_and_pauses_under_pressure() -> None:
+def test_shoal_runs_the_real_scheduler_and_holds_calls_under_pressure() -> None:
     stats = tiny("shoal", concurrency=30, check=False)
-    assert stats.pauses, "30 programs on 2 x 96 blocks push the working set over the watermark"
+    # 30 programs on 2 x 96 blocks need more KV than there is: calls wait for room (new
+    # programs for room for their expected growth, paused ones to resume), none is refused
+    assert max(stats.queue_waits) > 1.0 and stats.policy_counters["longest wait (s)"] > 1.0
     assert stats.rejected == 0
 
 
