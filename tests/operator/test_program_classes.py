@@ -91,7 +91,7 @@ def test_defaults_and_no_sandbox() -> None:
 @pytest.mark.parametrize(
     ("sandbox", "reason", "text"),
     [
-        ({"image": "i", "resources": {"limits": {"memory": "lots"}}}, "ResourcesInvalid", "not a byte quantity"),
+        ({"image": "i", "resources": {"limits": {"memory": "lots"}}}, "ResourcesInvalid", "not a Kubernetes quantity"),
         ({"image": "i", "resources": {"limits": {"memory": "500m"}}}, "ResourcesInvalid", "not a byte quantity"),
         ({"image": "i", "resources": {"limits": {"memory": "512Ki"}}}, "ResourcesInvalid", "at least 1Mi"),
     ],
