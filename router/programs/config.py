@@ -90,7 +90,8 @@ class ProgramsConfig(StrictModel):
     """Fraction of an engine's KV blocks the programs' working set may reach before the
     scheduler pauses programs there."""
     low_watermark: float = Field(default=0.85, gt=0, le=1)
-    """Pausing stops (and resuming starts) below this fraction: the hysteresis band."""
+    """Pausing stops (and resuming starts) below this fraction: the hysteresis band. Unset
+    while ``highWatermark`` is set: 0.10 below it."""
     tick_s: float = Field(default=0.5, gt=0, le=60)
     """Timer for decisions between events (leases, aging, capacity changes)."""
     max_wait_s: float = Field(default=120.0, gt=0)
@@ -112,6 +113,16 @@ class ProgramsConfig(StrictModel):
     forwarded_secret_env: str | None = None
     """Several router replicas: env var holding the secret replicas use to forward program
     calls to the replica that owns the program."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _low_follows_high(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "lowWatermark" in data or "low_watermark" in data:
+            return data
+        high = data.get("highWatermark", data.get("high_watermark"))
+        if isinstance(high, int | float) and not isinstance(high, bool):
+            return {**data, "lowWatermark": max(high - 0.10, high / 2)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ProgramsConfig:

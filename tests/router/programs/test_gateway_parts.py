@@ -112,3 +112,12 @@ def test_replicas_count_each_others_load_unless_told_otherwise() -> None:
         assert services.programs is not None
         assert services.programs.scheduler.config.count_foreign_load is expected, extra
         services.hashing.shutdown()
+
+
+def test_a_high_watermark_alone_brings_the_low_one_below_it() -> None:
+    # A Router that lowers only highWatermark (below the default low one) must stay valid.
+    assert ProgramsConfig.model_validate({"highWatermark": 0.8}).low_watermark == 0.8 - 0.10
+    assert ProgramsConfig.model_validate({"high_watermark": 0.1}).low_watermark == 0.05
+    explicit = ProgramsConfig.model_validate({"highWatermark": 0.8, "lowWatermark": 0.5})
+    assert explicit.low_watermark == 0.5
+    assert ProgramsConfig().low_watermark == 0.85
