@@ -47,10 +47,12 @@ class Linear(nn.Module):
         self.weight = factory.param(out_features, in_features)
         self.bias = factory.param(out_features) if bias else None
         self.quantized: QuantizedWeight | None = None
-        """Set by ``use_quantized_weights``: compute from these blocks (``weight`` is then emptied)."""
+        """Set by ``use_quantized_weights``: inputs of up to ``KERNEL_MAX_ROWS`` rows are computed
+        from these blocks; larger ones use the fp32 ``weight`` (kept: torch's GEMM is faster there
+        than dequantizing per call, measured at batch 64)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized is not None:
+        if self.quantized is not None and x.numel() <= KERNEL_MAX_ROWS * self.quantized.in_features:
             return quant_linear(x, self.quantized, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -61,7 +63,6 @@ class Linear(nn.Module):
                 f"a {tuple(self.weight.shape)} linear layer"
             )
         self.quantized = quantized
-        self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
 
 
 class Embedding(nn.Module):
@@ -231,10 +232,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, vocab]`` float32 logits for the selected hidden states ``[N, hidden]``."""
-        # Past the kernel's rows a tied head multiplies the fp32 embedding (kept for lookups) instead
-        # of dequantizing 49k rows per step.
+        # Past the kernel's rows the fp32 head (or tied embedding) is faster.
         head = self._quantized_lm_head
-        if head is not None and (hidden.shape[0] <= KERNEL_MAX_ROWS or self.lm_head is not None):
+        if head is not None and hidden.shape[0] <= KERNEL_MAX_ROWS:
             return quant_linear(hidden.float(), head)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
@@ -252,8 +252,8 @@ class LlamaForCausalLM(nn.Module):
 
         ``quantized`` maps HF weight names to blocks of the same values the fp32 weights were
         loaded with. A fused layer (qkv, gate_up) switches only when all its parts are present in
-        one format; the rest stay fp32. The fp32 weights of switched layers are freed (the tied
-        input embedding stays: lookups read it).
+        one format; the rest stay fp32. The fp32 weights stay too: inputs of more than
+        ``KERNEL_MAX_ROWS`` rows (prefill, large batches) use them.
         """
         if self.model.embed_tokens.weight.device.type != "cpu" or self.model.embed_tokens.weight.dtype != torch.float32:
             raise ModelLoadError("quantized weights are computed by CPU kernels: they need device cpu and float32")

@@ -1,8 +1,9 @@
 """Linear layers computed from GGUF quantized blocks (Q4_1, Q8_0) on CPU.
 
 At small batches the C++ kernel reads the blocks and dequantizes them in registers (4-7x fewer
-bytes than fp32 weights); past :data:`KERNEL_MAX_ROWS` rows the weight is dequantized to fp32 once
-for the call and multiplied with torch's GEMM, which is faster there. :func:`reference_linear` is
+bytes than fp32 weights); past :data:`KERNEL_MAX_ROWS` rows :func:`quant_linear` dequantizes the
+weight for the call and uses torch's GEMM (the model's layers keep an fp32 copy for those sizes
+instead, which was faster at batch 64). :func:`reference_linear` is
 the pure-torch reference the tests compare against.
 """
 
