@@ -153,8 +153,10 @@ def parse_classes(payload: Any) -> RouterClasses:
     return RouterClasses(out, " ".join(str(error).split())[:500] if error else None)
 
 
-class HttpClassesFetcher:
-    """GET the classes from each router (the URL from a template, by default its Service)."""
+class RouterJsonGetter:
+    """GET a JSON document from a router: its Service, or one replica's pod IP (URL templates)."""
+
+    path = "/"
 
     def __init__(self, url_template: str | None = None, timeout_s: float = 3.0) -> None:
         self.url_template = url_template or os.environ.get(URL_TEMPLATE_ENV) or DEFAULT_URL_TEMPLATE
@@ -165,26 +167,35 @@ class HttpClassesFetcher:
     def url(self, router: RouterAddress) -> str:
         if router.pod_ip is not None:
             base = self.pod_url_template.format(pod_ip=router.pod_ip, port=ROUTER_PORT)
-            return base.rstrip("/") + CLASSES_PATH
-        base = self.url_template.format(
-            namespace=router.namespace, name=router.name, service=router.service, port=router.port
-        )
-        return base.rstrip("/") + CLASSES_PATH
+        else:
+            base = self.url_template.format(
+                namespace=router.namespace, name=router.name, service=router.service, port=router.port
+            )
+        return base.rstrip("/") + self.path
 
-    async def __call__(self, router: RouterAddress) -> RouterClasses:
+    async def get_json(self, router: RouterAddress, unavailable: type[Exception], authorize: bool) -> Any:
+        """The decoded body of a 200 answer; anything else raises ``unavailable`` with the reason."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
         url = self.url(router)
-        headers = {"Authorization": f"Bearer {router.api_key}"} if router.api_key else {}
+        headers = {"Authorization": f"Bearer {router.api_key}"} if authorize and router.api_key else {}
         try:
             async with self._session.get(url, headers=headers) as resp:
                 if resp.status != 200:
-                    raise ClassesUnavailable(f"GET {url}: HTTP {resp.status}")
-                payload = await resp.json(content_type=None)
+                    raise unavailable(f"GET {url}: HTTP {resp.status}")
+                return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise ClassesUnavailable(f"GET {url}: {type(exc).__name__}: {exc}"[:300]) from None
-        return parse_classes(payload)
+            raise unavailable(f"GET {url}: {type(exc).__name__}: {exc}"[:300]) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class HttpClassesFetcher(RouterJsonGetter):
+    """GET the classes from each router (they name tenants' programs: the router's key is sent)."""
+
+    path = CLASSES_PATH
+
+    async def __call__(self, router: RouterAddress) -> RouterClasses:
+        return parse_classes(await self.get_json(router, ClassesUnavailable, authorize=True))

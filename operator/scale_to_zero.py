@@ -18,26 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
-
 from shoal.crds import ConditionType, ModelPoolSpec, Reason, RouterSpec
 from shoal.crds.modelpool import Autoscaling
-from shoal.operator.builders.common import ROUTER_PORT, Owner, child_name
+from shoal.operator.builders.common import Owner, child_name
 from shoal.operator.context import Ctx, try_spec
 from shoal.operator.kube import MODELPOOLS, ROUTERS
 from shoal.operator.program_status import _ready_replica_ips
-from shoal.operator.router_classes import (
-    DEFAULT_POD_URL_TEMPLATE,
-    DEFAULT_URL_TEMPLATE,
-    POD_URL_TEMPLATE_ENV,
-    URL_TEMPLATE_ENV,
-    RouterAddress,
-)
+from shoal.operator.router_classes import RouterAddress, RouterJsonGetter
 
 log = logging.getLogger(__name__)
 
@@ -112,41 +103,16 @@ def scaled_to_zero(pool_body: dict[str, Any] | None) -> bool:
     return False
 
 
-class HttpDemandFetcher:
-    """GET ``/shoal/demand`` from a router (its Service, or one replica's pod IP), as the classes
-    fetcher reaches it (same URL templates)."""
+class HttpDemandFetcher(RouterJsonGetter):
+    """GET ``/shoal/demand`` from a router (no key: counts only), as the classes fetcher reaches it."""
+
+    path = DEMAND_PATH
 
     def __init__(self, timeout_s: float = 2.0) -> None:
-        self.url_template = os.environ.get(URL_TEMPLATE_ENV) or DEFAULT_URL_TEMPLATE
-        self.pod_url_template = os.environ.get(POD_URL_TEMPLATE_ENV) or DEFAULT_POD_URL_TEMPLATE
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    def url(self, router: RouterAddress) -> str:
-        if router.pod_ip is not None:
-            base = self.pod_url_template.format(pod_ip=router.pod_ip, port=ROUTER_PORT)
-        else:
-            base = self.url_template.format(
-                namespace=router.namespace, name=router.name, service=router.service, port=router.port
-            )
-        return base.rstrip("/") + DEMAND_PATH
+        super().__init__(timeout_s=timeout_s)
 
     async def __call__(self, router: RouterAddress) -> dict[str, Demand]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
-        url = self.url(router)
-        try:
-            async with self._session.get(url) as resp:
-                if resp.status != 200:
-                    raise DemandUnavailable(f"GET {url}: HTTP {resp.status}")
-                payload = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DemandUnavailable(f"GET {url}: {type(exc).__name__}: {exc}"[:300]) from None
-        return parse_demand(payload)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        return parse_demand(await self.get_json(router, DemandUnavailable, authorize=False))
 
 
 async def _router_demand(ctx: Ctx, fetch: FetchDemand, body: dict[str, Any], spec: RouterSpec) -> dict[str, Demand]:
