@@ -87,7 +87,11 @@ def test_tools_round_trip(client: openai.OpenAI, model: str) -> None:
                                                  temperature=0, stream=True))  # fmt: skip
     assert "<tool_call>" not in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     streamed = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
-    assert [tc.function.name for tc in streamed] == ["get_weather"]  # type: ignore[union-attr]
+    # OpenAI's shape: the call's id and name first, then argument deltas of the same index.
+    assert [tc.function.name for tc in streamed if tc.function and tc.function.name] == ["get_weather"]
+    assert {tc.index for tc in streamed} == {0}
+    arguments = "".join(tc.function.arguments or "" for tc in streamed if tc.function)
+    assert json.loads(arguments) == {"city": "Paris"}
     # Send the result back.
     messages = [*FEW_SHOT, choice.message.model_dump(exclude_none=True),
                 {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees."}]  # fmt: skip
