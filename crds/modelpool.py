@@ -79,14 +79,17 @@ class EngineSettings(ApiModel):
 
     block_size: Literal[8, 16, 32, 64, 128] = 16
     """Tokens per KV-cache block."""
-    max_num_batched_tokens: Annotated[int, Field(ge=16, le=1_048_576)] = 1024
-    """Token budget of one engine step (decodes first, prompt chunks fill the rest)."""
+    max_num_batched_tokens: Annotated[int, Field(ge=16, le=1_048_576)] | None = None
+    """Token budget of one engine step (decodes first, prompt chunks fill the rest); empty:
+    the engine sizes it from the cores its container may use (1024 per core, 1024-8192)."""
     max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = 128
     """Most sequences running at once."""
     max_model_len: Annotated[int, Field(ge=2, le=1_048_576)] | None = None
     """Longest prompt + output in tokens; defaults to the model's context length."""
-    kv_cache_memory_gb: Annotated[float, Field(gt=0, le=1024)] = 1.0
-    """Memory reserved for the paged KV cache, in GiB."""
+    kv_cache_memory_gb: Annotated[float, Field(gt=0, le=1024)] | None = None
+    """Memory reserved for the paged KV cache, in GiB; empty: the engine sizes it (CPU: 10% of
+    the memory its container has available, at most 2 GiB; GPU: 85% of what is free after the
+    model loads)."""
     prefix_caching: bool = True
     """Reuse KV blocks across requests that share a prefix."""
     dtype: Dtype = Dtype.AUTO

@@ -25,11 +25,13 @@ def engine_args(spec: ModelPoolSpec, model: str, *, host: str, port: int) -> lis
         "--device", spec.device.value,
         "--dtype", e.dtype.value,
         "--block-size", str(e.block_size),
-        "--max-num-batched-tokens", str(e.max_num_batched_tokens),
         "--max-num-seqs", str(e.max_num_seqs),
-        "--kv-cache-memory-gb", f"{e.kv_cache_memory_gb:g}",
         "--drain-timeout", str(e.drain_timeout_seconds),
     ]  # fmt: skip
+    if e.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(e.max_num_batched_tokens)]
+    if e.kv_cache_memory_gb is not None:
+        args += ["--kv-cache-memory-gb", f"{e.kv_cache_memory_gb:g}"]
     if e.max_model_len is not None:
         args += ["--max-model-len", str(e.max_model_len)]
     if not e.prefix_caching:

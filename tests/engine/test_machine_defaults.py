@@ -24,8 +24,27 @@ def test_engine_config_defaults_come_from_the_machine() -> None:
 def test_available_ram_is_read_from_meminfo(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   8000000 kB\n")
-    assert md.available_ram_bytes(meminfo) == 8000000 * 1024
-    assert md.available_ram_bytes(tmp_path / "missing") is None
+    no_cgroup = tmp_path / "no-cgroup"
+    assert md.available_ram_bytes(meminfo, no_cgroup) == 8000000 * 1024
+    assert md.available_ram_bytes(tmp_path / "missing", no_cgroup) is None
+
+
+def test_a_container_memory_limit_bounds_available_ram(tmp_path: Path) -> None:
+    # A pod's /proc/meminfo shows its node: the cgroup limit is what the engine may really use.
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable:   64000000 kB\n")
+    (tmp_path / "memory.max").write_text(f"{4 << 30}\n")
+    (tmp_path / "memory.current").write_text(f"{1 << 30}\n")
+    assert md.available_ram_bytes(meminfo, tmp_path) == 3 << 30
+    (tmp_path / "memory.max").write_text("max\n")
+    assert md.available_ram_bytes(meminfo, tmp_path) == 64000000 * 1024
+
+
+def test_a_container_cpu_quota_bounds_the_cores(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs -> 2 cores' worth of budget
+    assert md.usable_cores(tmp_path) == min(2, md.usable_cores(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert md.usable_cores(tmp_path) == md.usable_cores(tmp_path / "none")
 
 
 @pytest.mark.parametrize(

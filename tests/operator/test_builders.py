@@ -37,7 +37,9 @@ def flag(args: list[str], name: str) -> str | None:
     ("spec", "expected", "absent"),
     [
         ({}, {"--block-size": "16", "--max-num-seqs": "128", "--device": "cpu", "--dtype": "auto"},
-         ["--no-prefix-caching", "--max-model-len", "--kernels", "--max-waiting"]),
+         # KV pool and step budget unset: the engine sizes them from its container.
+         ["--no-prefix-caching", "--max-model-len", "--kernels", "--max-waiting", "--kv-cache-memory-gb",
+          "--max-num-batched-tokens"]),
         ({"engine": {"blockSize": 32, "maxNumBatchedTokens": 2048, "maxModelLen": 4096, "kvCacheMemoryGb": 0.5}},
          {"--block-size": "32", "--max-num-batched-tokens": "2048", "--max-model-len": "4096",
           "--kv-cache-memory-gb": "0.5"}, []),
