@@ -64,6 +64,16 @@ def _build(folder: Path) -> None:
     from torch.utils.cpp_extension import load
 
     logger.warning("building the quantized CPU kernels into %s (once, ~40 s)", folder)
+    # torch finds ninja on PATH; an interpreter run as venv/bin/python (not activated) has its
+    # own bin folder, where the `ninja` wheel's binary is, off PATH.
+    bin_dirs = [str(Path(sys.executable).parent)]
+    try:
+        import ninja
+
+        bin_dirs.append(str(ninja.BIN_DIR))
+    except ImportError:
+        pass
+    os.environ["PATH"] = os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])
     try:
         load(
             name=_NAME,
