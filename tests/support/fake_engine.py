@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -64,15 +65,16 @@ def _handler(model: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fake_engine")
+def serve_main(prog: str, make_handler: Callable[[str], type[BaseHTTPRequestHandler]], argv: list[str] | None) -> int:
+    """``<prog> serve --model M [--served-model-name N] --host H --port P``: serve until SIGTERM."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("command", choices=["serve"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args, _ = parser.parse_known_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), _handler(args.served_model_name or args.model))
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(args.served_model_name or args.model))
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_main("fake_engine", _handler, argv)
 
 
 if __name__ == "__main__":

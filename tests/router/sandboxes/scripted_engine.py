@@ -8,13 +8,13 @@ program contract the router reads (``shoal:`` capacity metrics, pin release).
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from support.fake_engine import serve_main
 
 
 def next_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -79,26 +79,7 @@ def handler(model: str) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripted_engine")
-    parser.add_argument("command", choices=["serve"])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--served-model-name", default=None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args, _ = parser.parse_known_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), handler(args.served_model_name or args.model))
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_main("scripted_engine", handler, argv)
 
 
 if __name__ == "__main__":
