@@ -1,4 +1,8 @@
-"""Torch reference kernels: the CPU path and the oracle every Triton kernel is tested against."""
+"""Torch reference kernels: the CPU path and the oracle every Triton kernel is tested against.
+
+On CPU in fp32, paged attention runs our C++ kernel (``kernels/cpu/attention.py``: K/V read in
+place) when it builds; the torch implementation here stays its reference and the fallback.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from shoal.engine.kernels.backend import KernelBackend
+from shoal.engine.kernels.cpu.attention import attention_kernel_available, cpu_paged_attention, kernel_fits
 
 
 class TorchBackend(KernelBackend):
     name = "torch"
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_attention_kernel: bool = True) -> None:
+        """``cpu_attention_kernel=False`` keeps paged attention on the torch path (the reference)."""
         self._local = threading.local()
+        self.cpu_attention_kernel = cpu_attention_kernel
 
     def allocate_kv_cache(
         self,
@@ -31,6 +38,8 @@ class TorchBackend(KernelBackend):
         contiguously, instead of a strided ``[L, Hk, D]`` layout it has to copy.
         """
         physical = torch.zeros((num_kv_heads, num_blocks, block_size, head_dim), dtype=dtype, device=device)
+        if self.cpu_attention_kernel and physical.device.type == "cpu" and dtype == torch.float32:
+            attention_kernel_available()  # a first build (~40 s) at engine start-up, not in the first step
         return physical.permute(1, 2, 0, 3)
 
     def _workspace(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -103,8 +112,11 @@ class TorchBackend(KernelBackend):
         """Decodes in one batched SDPA over gathered blocks; each prompt chunk in its own causal SDPA.
 
         A chunk that starts at position 0 uses ``is_causal`` (the fused CPU kernel); a chunk
-        after cached tokens needs the bottom-right-aligned causal mask.
+        after cached tokens needs the bottom-right-aligned causal mask. On CPU in fp32 the C++
+        kernel serves the whole call instead (when it builds and the shapes fit).
         """
+        if self.cpu_attention_kernel and kernel_fits(q, k_cache, v_cache) and attention_kernel_available():
+            return cpu_paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
         cu = cu_seqlens_q.tolist()
         ctx = context_lens.tolist()
         q_lens = [cu[i + 1] - cu[i] for i in range(len(ctx))]

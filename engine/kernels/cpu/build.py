@@ -1,4 +1,4 @@
-"""Build (once) and load the C++ quantized-GEMV extension.
+"""Build (once) and load the C++ CPU kernel extensions (quantized GEMV, paged attention).
 
 The build takes ~40 s with the system compiler, so it is cached on disk, keyed by a hash of the
 source, the compiler flags and the torch version: the first process that needs it builds it
@@ -28,7 +28,7 @@ _CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp")
 
 
 class KernelUnavailable(RuntimeError):
-    """The quantized CPU kernels cannot run here (no AVX2/FMA, or no C++ toolchain to build them)."""
+    """A CPU kernel extension cannot run here (no AVX2/FMA, or no C++ toolchain to build it)."""
 
 
 def cpu_supports_kernels() -> bool:
@@ -36,34 +36,37 @@ def cpu_supports_kernels() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def cache_dir() -> Path:
+def cache_dir(name: str = _NAME, source: Path = _SOURCE) -> Path:
     root = os.environ.get("SHOAL_KERNEL_CACHE") or Path.home() / ".cache" / "shoal" / "kernels"
-    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode())
-    return Path(root) / f"{_NAME}-{digest.hexdigest()[:16]}"
+    digest = hashlib.sha256(source.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode())
+    return Path(root) / f"{name}-{digest.hexdigest()[:16]}"
+
+
+def quant_kernels() -> ModuleType:
+    """The extension module (``q4_1_linear``, ``q8_0_linear``, ``*_dequantize``), built on first use."""
+    return load_extension(_NAME, _SOURCE, "quantized CPU kernels")
 
 
 @functools.cache
-def quant_kernels() -> ModuleType:
-    """The extension module (``q4_1_linear``, ``q8_0_linear``, ``*_dequantize``), built on first use."""
+def load_extension(name: str, source: Path, what: str) -> ModuleType:
+    """The extension ``name`` built from ``source`` (cached on disk); ``what`` names it in messages."""
     if not cpu_supports_kernels():
-        raise KernelUnavailable(
-            f"quantized CPU kernels need AVX2 + FMA; this CPU reports {torch.backends.cpu.get_cpu_capability()}"
-        )
-    folder = cache_dir()
+        raise KernelUnavailable(f"{what} need AVX2 + FMA; this CPU reports {torch.backends.cpu.get_cpu_capability()}")
+    folder = cache_dir(name, source)
     folder.mkdir(parents=True, exist_ok=True)
     # one builder at a time, the others wait then import (torch itself uses "lock" inside the folder)
     with open(folder.with_name(folder.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        built = folder / f"{_NAME}.so"
+        built = folder / f"{name}.so"
         if not built.exists():
-            _build(folder)
-    return _import(built)
+            _build(folder, name, source, what)
+    return _import(built, name)
 
 
-def _build(folder: Path) -> None:
+def _build(folder: Path, name: str, source: Path, what: str) -> None:
     from torch.utils.cpp_extension import load
 
-    logger.warning("building the quantized CPU kernels into %s (once, ~40 s)", folder)
+    logger.warning("building the %s into %s (once, ~40 s)", what, folder)
     # torch finds ninja on PATH; an interpreter run as venv/bin/python (not activated) has its
     # own bin folder, where the `ninja` wheel's binary is, off PATH.
     bin_dirs = [str(Path(sys.executable).parent)]
@@ -76,24 +79,24 @@ def _build(folder: Path) -> None:
     os.environ["PATH"] = os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])
     try:
         load(
-            name=_NAME,
-            sources=[str(_SOURCE)],
+            name=name,
+            sources=[str(source)],
             extra_cflags=list(_CFLAGS),
             extra_ldflags=["-fopenmp"],
             build_directory=str(folder),
             verbose=False,
         )
     except Exception as exc:  # compiler missing or failing: say so, the caller picks fp32
-        raise KernelUnavailable(f"cannot build the quantized CPU kernels: {exc}") from exc
-    if not (folder / f"{_NAME}.so").exists():
-        raise KernelUnavailable(f"the kernel build left no {_NAME}.so in {folder}")
+        raise KernelUnavailable(f"cannot build the {what}: {exc}") from exc
+    if not (folder / f"{name}.so").exists():
+        raise KernelUnavailable(f"the kernel build left no {name}.so in {folder}")
 
 
-def _import(path: Path) -> ModuleType:
-    loaded = sys.modules.get(_NAME)
+def _import(path: Path, name: str) -> ModuleType:
+    loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
-    spec = importlib.util.spec_from_file_location(_NAME, path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise KernelUnavailable(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
@@ -101,5 +104,5 @@ def _import(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except ImportError as exc:  # e.g. a cached build from another torch ABI: say so, fp32 still works
         raise KernelUnavailable(f"cannot import the cached kernels {path}: {exc}") from exc
-    sys.modules[_NAME] = module
+    sys.modules[name] = module
     return module
