@@ -32,6 +32,9 @@ class EngineSpec:
     token_budget: int = 1024
     """Tokens per step (``max_num_batched_tokens``)."""
     max_seqs: int = 128
+    pin_quota_blocks: int | None = None
+    """Blocks all program pins together may hold (the real engine's per-tenant quota, one tenant
+    here: a quarter of the pool by default there); past it the oldest pins go. None: no quota."""
 
 
 @dataclass
@@ -159,6 +162,9 @@ class SimEngine:
         self.unpin(call.program.index)
         self.pins[call.program.index] = (call.hashes, now + ttl_s)
         call.hashes = []
+        quota = self.spec.pin_quota_blocks
+        while quota is not None and len(self.pins) > 1 and self.pinned_blocks > quota:
+            self.unpin(next(iter(self.pins)))  # oldest first (insertion order), as the engine does
 
     def unpin(self, program: int) -> None:
         held = self.pins.pop(program, None)

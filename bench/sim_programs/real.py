@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import math
 import os
 import random
 import socket
@@ -48,18 +47,25 @@ POLICIES = ("prefix+load", "TA as coded", "shoal")
 
 @dataclass(frozen=True)
 class RealParams:
-    """One real run (both policies use the same)."""
+    """One real run (every policy uses the same). The programs are ``workload(params)``'s traces,
+    the simulator's agentic generator at the sizes below (tokens played as words, about one
+    token each through the bundled tokenizer)."""
 
     concurrency: int = 12
     duration_s: float = 240.0
     warmup_s: float = 40.0
-    kv_blocks: int = 64
+    kv_blocks: int = 128
     """KV blocks per engine (16 tokens each): small, so the programs need about 2x what exists."""
-    max_tokens: int = 12
-    turns: tuple[int, int] = (3, 6)
-    system_words: int = 160
-    task_words: tuple[int, int] = (20, 60)
-    observation_words: tuple[int, int] = (15, 60)
+    system_tokens: int = 256
+    task_tokens: tuple[int, int] = (32, 128)
+    turns: tuple[int, int] = (4, 10)
+    output_tokens: int = 16
+    """Per call (real agents: 100-500; scaled down for 1-thread CPU engines)."""
+    observation_median: int = 64
+    observation_sigma: float = 0.8
+    observation_max: int = 256
+    max_context_tokens: int = 1536
+    """A program ends at this context (3/4 of one engine's pool), as agents stop at their limit."""
     tool_median_s: float = 1.0
     tool_sigma: float = 0.6
     seed: int = 0
@@ -70,43 +76,53 @@ class RealProgram:
     task: str
     observations: tuple[str, ...]
     tool_s: tuple[float, ...]
+    output_tokens: tuple[int, ...]
 
     @property
     def turns(self) -> int:
         return len(self.observations) + 1
 
 
-def simulated_equivalent(params: RealParams, mode: ClientMode = ClientMode.RELEASES) -> tuple[WorkloadSpec, EngineSpec]:
-    """The simulator's workload and engine for this real run, to check the simulator against it.
-
-    Token sizes are the real run's words through the bundled tokenizer and chat template,
-    rounded (its mean prompt, 341-343 tokens, matches this workload's 365-token mean context)."""
+def workload(params: RealParams, mode: ClientMode = ClientMode.RELEASES) -> WorkloadSpec:
+    """The simulator's agentic workload at this run's sizes, with its single lognormal tool."""
     tools = Regime("real", (("tool", 1.0, ToolDist(params.tool_median_s, params.tool_sigma)),),
                    f"lognormal, median {params.tool_median_s:g} s, sigma {params.tool_sigma:g}")
-    workload = WorkloadSpec(regime="real", client_mode=mode, seed=params.seed, tools=tools,
-                            system_prompt_tokens=200, task_tokens=(25, 70), turns=params.turns,
-                            output_tokens=(params.max_tokens, params.max_tokens), observation_median=40,
-                            observation_sigma=0.4, observation_max=80)
-    return workload, EngineSpec(num_blocks=params.kv_blocks, max_seqs=8)
+    return WorkloadSpec(regime="real", client_mode=mode, seed=params.seed, tools=tools,
+                        system_prompt_tokens=params.system_tokens, task_tokens=params.task_tokens,
+                        turns=params.turns, output_tokens=(params.output_tokens, params.output_tokens),
+                        observation_median=params.observation_median, observation_sigma=params.observation_sigma,
+                        observation_max=params.observation_max, max_context_tokens=params.max_context_tokens)
+
+
+def simulated_equivalent(params: RealParams, mode: ClientMode = ClientMode.RELEASES) -> tuple[WorkloadSpec, EngineSpec]:
+    """The simulator's workload and engine for this real run, to check the simulator against it:
+    the same traces, the same pool, 8 sequences and the engine's default pin quota (a quarter of
+    the pool for the one tenant all programs share)."""
+    return workload(params, mode), EngineSpec(num_blocks=params.kv_blocks, max_seqs=8,
+                                              pin_quota_blocks=params.kv_blocks // 4)
 
 
 def program(params: RealParams, index: int) -> RealProgram:
+    """Trace ``index`` of ``workload(params)`` as text: each token of the trace becomes a word."""
+    trace = workload(params).program(index)
     rng = random.Random(f"real:{params.seed}:{index}")
 
-    def words(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(max(1, n)))
 
-    n = rng.randint(*params.turns)
+    first = trace.turns[0]
+    tool_turns = [t for t in trace.turns if t.tool is not None]
     return RealProgram(
-        task=f"Task {index}: " + words(*params.task_words),
-        observations=tuple("Observation: " + words(*params.observation_words) for _ in range(n - 1)),
-        tool_s=tuple(params.tool_median_s * math.exp(params.tool_sigma * rng.gauss(0, 1)) for _ in range(n - 1)),
+        task=f"Task {index}: " + words(first.prompt_tokens - params.system_tokens),
+        observations=tuple("Observation: " + words(t.observation_tokens) for t in tool_turns),
+        tool_s=tuple(t.tool_s for t in tool_turns),
+        output_tokens=tuple(t.output_tokens for t in trace.turns),
     )
 
 
 def system_prompt(params: RealParams) -> str:
     rng = random.Random(f"real-system:{params.seed}")
-    return "You are a coding agent. " + " ".join(rng.choice(WORDS) for _ in range(params.system_words))
+    return "You are a coding agent. " + " ".join(rng.choice(WORDS) for _ in range(params.system_tokens))
 
 
 @dataclass
@@ -121,6 +137,8 @@ class RealStats:
     window_s: float = 0.0
     load_avg: float = 0.0
     """The machine's 1-minute load average at the end of the run (other work shares the cores)."""
+    pauses_bucketed: bool = False
+    """``pauses`` are the router's histogram bucket bounds (each pause <= its value), not exact."""
 
     @property
     def steps_per_min(self) -> float:
@@ -199,7 +217,7 @@ async def _client(url: str, policy: str, params: RealParams, counter: Iterator[i
                                               {"role": "user", "content": prog.task}]
             begun = time.monotonic()
             for turn in range(prog.turns):
-                body: dict[str, Any] = {"model": SERVED, "messages": messages, "max_tokens": params.max_tokens,
+                body: dict[str, Any] = {"model": SERVED, "messages": messages, "max_tokens": prog.output_tokens[turn],
                                         "temperature": 0, "ignore_eos": True}
                 if policy == "shoal":
                     body["program_id"] = program_id
@@ -236,6 +254,26 @@ async def _client(url: str, policy: str, params: RealParams, counter: Iterator[i
                 harness.release(index)
 
 
+PAUSE_HISTOGRAM = "shoal_router_program_pause_seconds_bucket"
+
+
+def router_pauses(metrics: str) -> list[float]:
+    """Every pause the router's histogram holds, each as its bucket's upper bound (seconds)."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(PAUSE_HISTOGRAM + "{"):
+            labels, value = line.rsplit(" ", 1)
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            le = float("inf") if bound == "+Inf" else float(bound)
+            buckets[le] = buckets.get(le, 0.0) + float(value)
+    out: list[float] = []
+    below = 0.0
+    for le in sorted(buckets):
+        out += [le] * round(buckets[le] - below)
+        below = buckets[le]
+    return out
+
+
 def run_policy(policy: str, params: RealParams) -> RealStats:
     """Fresh engines and router, C clients for ``duration_s``; returns the window's figures."""
     if policy not in POLICIES:
@@ -259,6 +297,10 @@ def run_policy(policy: str, params: RealParams) -> RealStats:
                 if harness is not None:
                     stats.pauses = list(harness.pauses)
                     await harness.close()
+            if policy == "shoal":
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    stats.pauses = router_pauses((await http.get("/metrics")).text)
+                stats.pauses_bucketed = True
 
         asyncio.run(main())
         stats.load_avg = os.getloadavg()[0]

@@ -232,17 +232,24 @@ def write_real_report(
         f"- 2 `shoal.engine serve` processes on the bundled SmolLM2-135M (CPU, 1 thread each), {params.kv_blocks} "
         f"KV blocks x 16 tokens each, behind `python -m shoal.router` (precise prefix affinity); fresh processes "
         "for each policy.",
-        f"- {params.concurrency} concurrent programs (closed loop), {params.turns[0]}-{params.turns[1]} calls each, "
-        f"{params.max_tokens} output tokens per call, a shared {params.system_words}-word system prompt, real tool "
-        f"sleeps (lognormal, median {params.tool_median_s:g} s, sigma {params.tool_sigma:g}); "
-        f"{params.duration_s:.0f} s per policy, the first {params.warmup_s:.0f} s excluded.",
+        f"- {params.concurrency} concurrent programs (closed loop) of the simulator's agentic generator "
+        f"(`real.workload`, program i identical for every policy): a shared {params.system_tokens}-token system "
+        f"prompt, a {params.task_tokens[0]}-{params.task_tokens[1]}-token task, {params.turns[0]}-{params.turns[1]} "
+        f"calls of {params.output_tokens} output tokens, each prompt the whole context so far, tool observations "
+        f"lognormal (median {params.observation_median}, sigma {params.observation_sigma:g}, max "
+        f"{params.observation_max} tokens; tokens sent as words), a program ends at {params.max_context_tokens} "
+        f"context tokens; real tool sleeps (lognormal, median {params.tool_median_s:g} s, sigma "
+        f"{params.tool_sigma:g}); {params.duration_s:.0f} s per policy, the first {params.warmup_s:.0f} s excluded.",
         f"- Shoal's scheduler: router/programs at {scheduler} (when the run started)",
         "- `shoal`: calls carry `program_id`, programs are released at their end (the router's program scheduler "
         "with its default settings); `prefix+load`: the same calls through the same router without a program (no "
         "admission); `TA as coded`: the simulator's ThunderAgent policy object run as the proxy "
         "(`bench/sim_programs/real_harness.py`, wall-clock 5 s tick, JSON-length estimate, real usage), posting "
         "straight to the engines.",
-        "- KV needed / KV = concurrent programs x mean prompt tokens per call / the 2 engines' KV tokens.",
+        "- KV needed / KV = concurrent programs x mean prompt tokens per call / the 2 engines' KV tokens. "
+        "Pauses: ThunderAgent's exact durations from the harness; Shoal's from the router's "
+        "`shoal_router_program_pause_seconds` histogram (whole run, each pause at its bucket's upper bound, so "
+        "its p99 is an upper bound).",
         f"- Rounds: {max(len(v) for v in rounds.values())} (all policies in turn each round, figures pooled; "
         "steps/min per round: " + "; ".join(
             f"{p} " + ", ".join(f"{r.steps_per_min:.1f}" for r in runs) for p, runs in rounds.items()) + ").",
@@ -251,13 +258,14 @@ def write_real_report(
         "programs done | completion p50 (s) | pauses (p99 s) | errors | load avg at end |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    kv_tokens = 2 * params.kv_blocks * 16
+    kv_tokens = 2 * params.kv_blocks * 16  # 16 tokens per block, as the engines are started
     for r in results:
         x = f"{ratio(r.steps_per_min, base.steps_per_min):.2f}" if base else "-"
         x_ta = f"{ratio(r.steps_per_min, ta.steps_per_min):.2f}" if ta else "-"
         mean_prompt = r.prompt_tokens / r.steps if r.steps else float("nan")
         need = params.concurrency * mean_prompt / kv_tokens
-        pauses = f"{len(r.pauses)} ({_fmt(pct(r.pauses, 99))})" if r.pauses else "-"
+        bound = "<= " if r.pauses_bucketed else ""
+        pauses = f"{len(r.pauses)} ({bound}{_fmt(pct(r.pauses, 99))})" if r.pauses else ("0" if r.pauses_bucketed else "-")
         lines.append(f"| {r.policy} | {r.steps_per_min:.1f} | {x} | {x_ta} | {r.hit_rate:.3f} | "
                      f"{_fmt(mean_prompt, 0)} | {_fmt(need, 2)}x | {len(r.completions)} | "
                      f"{_fmt(pct(r.completions, 50))} | {pauses} | {r.errors} | {r.load_avg:.1f} |")
@@ -284,6 +292,7 @@ def merge_rounds(runs: list[RealStats]) -> RealStats:
         out.completions += r.completions
         out.pauses += r.pauses
         out.window_s += r.window_s
+        out.pauses_bucketed = out.pauses_bucketed or r.pauses_bucketed
     out.load_avg = sum(r.load_avg for r in runs) / len(runs)
     return out
 

@@ -127,6 +127,9 @@ class WorkloadSpec:
     observation_median: int = 64
     observation_sigma: float = 0.8
     observation_max: int = 512
+    max_context_tokens: int | None = None
+    """A program ends (its call is the last, no tool after it) when its next prompt would pass
+    this: agents stop or compact at their context limit. None: no limit."""
     crash_fraction: float = 0.3
     """Share of programs that crash in CRASHES mode."""
     tools: Regime | None = None
@@ -153,8 +156,12 @@ class WorkloadSpec:
             tool, tool_s = (None, 0.0) if last else regime.sample(rng)
             obs = 0 if last else min(self.observation_max, max(8, round(rng.lognormvariate(
                 math.log(self.observation_median), self.observation_sigma))))
+            if not last and self.max_context_tokens is not None and context + out + obs > self.max_context_tokens:
+                turns.append(Turn(context, out, None, 0.0, 0))
+                break
             turns.append(Turn(context, out, tool, tool_s, obs))
             context += out + obs
+        n = len(turns)
         crash_draw = rng.random()
         crash_turn = rng.randint(1, max(1, n - 1))
         crashes = self.client_mode is ClientMode.CRASHES and crash_draw < self.crash_fraction

@@ -166,7 +166,7 @@ def test_real_report_pools_rounds_and_states_the_targets(tmp_path: Path) -> None
 
 
 def test_simulated_equivalent_of_the_real_run_matches_its_shape() -> None:
-    from bench.sim_programs.real import RealParams, simulated_equivalent
+    from bench.sim_programs.real import RealParams, program, simulated_equivalent
 
     params = RealParams()
     workload, spec = simulated_equivalent(params)
@@ -174,6 +174,28 @@ def test_simulated_equivalent_of_the_real_run_matches_its_shape() -> None:
     trace = workload.program(3)
     assert params.turns[0] <= len(trace.turns) <= params.turns[1]
     assert {t.tool for t in trace.turns[:-1]} == {"tool"}
-    assert all(t.output_tokens == params.max_tokens for t in trace.turns)
-    # the real run measured a mean prompt of ~342 tokens
-    assert 300 < workload.mean_context_tokens() < 420
+    assert all(t.output_tokens == params.output_tokens for t in trace.turns)
+    assert max(t.prompt_tokens for i in range(200) for t in workload.program(i).turns) <= params.max_context_tokens
+    assert spec.pin_quota_blocks == params.kv_blocks // 4  # the engine's default per-tenant pin quota
+    # what the real client plays is that trace: one word per token, the same tool sleeps
+    played = program(params, 3)
+    assert played.turns == len(trace.turns)
+    assert played.tool_s == tuple(t.tool_s for t in trace.turns[:-1])
+    assert [len(o.split()) - 1 for o in played.observations] == [t.observation_tokens for t in trace.turns[:-1]]
+    # 2x oversubscribed: the programs' mean context x C is about twice the 2 engines' KV
+    assert 1.8 < params.concurrency * workload.mean_context_tokens() / (2 * params.kv_blocks * 16) < 2.2
+
+
+def test_router_pause_histogram_becomes_one_bound_per_pause() -> None:
+    from bench.sim_programs.real import router_pauses
+
+    text = "\n".join([
+        'shoal_router_program_pause_seconds_bucket{class="default",le="1.0"} 2.0',
+        'shoal_router_program_pause_seconds_bucket{class="default",le="5.0"} 3.0',
+        'shoal_router_program_pause_seconds_bucket{class="default",le="+Inf"} 4.0',
+        'shoal_router_program_pause_seconds_bucket{class="other",le="1.0"} 1.0',
+        'shoal_router_program_pause_seconds_bucket{class="other",le="5.0"} 1.0',
+        'shoal_router_program_pause_seconds_bucket{class="other",le="+Inf"} 1.0',
+        'shoal_router_program_pause_seconds_count{class="default"} 4.0',
+    ])
+    assert router_pauses(text) == [1.0, 1.0, 1.0, 5.0, float("inf")]
