@@ -3,21 +3,24 @@
 Tasks whose outputs repeat their inputs (extract from a given text, edit a given code file,
 a multi-turn follow-up) and one whose output does not (open-ended chat). Each task runs
 alone (batch 1, greedy) on a plain engine and on a speculating one (default settings),
-side by side so noise from other processes hits both; outputs must be token-identical.
-"cold": a fresh speculating engine (empty global trie); "learned": the same engine after it
-served a variant of every task (other text, other file, other conversation). Then the
-64-prompt batch workload of ``bench/offline.py`` with and without speculation.
+the sides alternating in every repetition so noise from other processes hits both; the
+median of each side is reported; outputs must be token-identical. "cold": a speculator with
+empty tries and no acceptance history; "learned": one that served a variant of every task
+(other text, other file, other conversation). Then the 64-prompt batch workload of
+``bench/offline.py`` with and without speculation.
 Writes ``bench/results/speculation.md`` (``speculation-quick.md`` with ``--quick``).
 
-    python bench/speculation.py            # everything (~15 min on 2 shared cores)
+    python bench/speculation.py            # everything (~10 min on 2 shared cores)
     python bench/speculation.py --quick    # fewer tokens, no batch workload
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +28,9 @@ from pathlib import Path
 
 from shoal.engine import LLM, SamplingParams
 from shoal.engine.sequence import Sequence
+from shoal.engine.spec.acceptance import AcceptanceModel
 from shoal.engine.spec.config import SpeculationConfig
+from shoal.engine.spec.speculator import Speculator
 from shoal.engine.spec.trie_drafter import TrieDrafter
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -119,6 +124,19 @@ def learned_drafter(traffic: list[tuple[list[int], list[int]]]) -> TrieDrafter:
     return drafter
 
 
+def fresh_speculator(llm: LLM, drafter: TrieDrafter, acceptance: AcceptanceModel | None = None) -> Speculator:
+    """Give ``llm`` a speculator with ``drafter`` and no acceptance history (or a copy of ``acceptance``);
+    the step cost model is kept: it describes this machine, learned from the engine's earlier steps."""
+    old = llm.engine.speculator
+    assert old is not None
+    new = Speculator(SpeculationConfig(), step_cost=old.step_cost)
+    new.drafter = drafter
+    if acceptance is not None:
+        new.acceptance = copy.deepcopy(acceptance)
+    llm.engine.speculator = new
+    return new
+
+
 def batch_workload(llm: LLM, max_tokens: int) -> tuple[float, list[list[int]]]:
     ids = [llm.tokenizer.encode_chat(c) for c in make_prompts(64)]
     start = time.perf_counter()
@@ -127,60 +145,79 @@ def batch_workload(llm: LLM, max_tokens: int) -> tuple[float, list[list[int]]]:
     return sum(len(r.token_ids) for r in results) / elapsed, [list(r.token_ids) for r in results]
 
 
+@dataclass
+class Row:
+    task: str
+    plain: list[Run]
+    cold: list[Run]
+    learned: list[Run]
+
+
+def median_tok_s(runs: list[Run]) -> float:
+    return statistics.median(r.decode_tok_s for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 output tokens per task, no batch workload")
     parser.add_argument("--max-tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per task and side (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per task and side (the median is kept)")
     args = parser.parse_args()
     max_tokens = args.max_tokens or (64 if args.quick else 160)
     plain = LLM(MODEL)
     spec = LLM(MODEL, speculation=SpeculationConfig())
     warm = plain.tokenizer.encode_chat([{"role": "user", "content": "hi"}])
     for llm in (plain, spec):
-        run_one(llm, warm, 4)
+        run_one(llm, warm, 32)
+    # traffic: variant 1 of every task served by the speculating engine; its outputs feed the
+    # "learned" tries and its drafts teach the "learned" acceptance figures
+    learning = fresh_speculator(spec, TrieDrafter(SpeculationConfig()))
+    traffic = []
+    for chat in tasks(1).values():
+        ids = plain.tokenizer.encode_chat(chat)
+        traffic.append((ids, run_one(spec, ids, max_tokens).tokens))
+    learned_acceptance = learning.acceptance
     rows = []
     identical = True
-    traffic: list[tuple[list[int], list[int]]] = []
-    for phase, variant in (("cold", 0), ("learned", 1)):
-        for name, chat in tasks(variant).items():
-            ids = plain.tokenizer.encode_chat(chat)
-            bases, runs = [], []
-            for _ in range(args.repeats):  # alternating sides: load from others hits both
-                bases.append(run_one(plain, ids, max_tokens))
-                # cold: empty tries, only the request's own text helps; learned: tries that saw
-                # the traffic of variant 0 of every task, never this input's own earlier output
-                drafter = TrieDrafter(SpeculationConfig()) if phase == "cold" else learned_drafter(traffic)
-                spec.engine.speculator.drafter = drafter  # type: ignore[union-attr]
-                runs.append(run_one(spec, ids, max_tokens))
-            base = min(bases, key=lambda r: r.decode_s)
-            if phase == "cold":
-                traffic.append((ids, base.tokens))
-            fast = min(runs, key=lambda r: r.decode_s)
-            identical &= all(r.tokens == base.tokens for r in runs)
-            rows.append((phase, name, base, fast))
-            print(f"{phase:8} {name:11} plain {base.decode_tok_s:6.1f} tok/s  spec {fast.decode_tok_s:6.1f} tok/s  "
-                  f"{fast.decode_tok_s / base.decode_tok_s:4.2f}x  tokens {len(base.tokens)}", flush=True)  # fmt: skip
+    for name, chat in tasks(0).items():
+        ids = plain.tokenizer.encode_chat(chat)
+        row = Row(name, [], [], [])
+        for rep in range(args.repeats):  # the three sides alternate, in a rotating order
+            sides = ["plain", "cold", "learned"]
+            for side in sides[rep % 3 :] + sides[: rep % 3]:
+                if side == "plain":
+                    row.plain.append(run_one(plain, ids, max_tokens))
+                elif side == "cold":  # empty tries, nothing learned: only the request's own text helps
+                    fresh_speculator(spec, TrieDrafter(SpeculationConfig()))
+                    row.cold.append(run_one(spec, ids, max_tokens))
+                else:  # tries and acceptance learned from the variant-1 traffic, never this input's output
+                    fresh_speculator(spec, learned_drafter(traffic), learned_acceptance)
+                    row.learned.append(run_one(spec, ids, max_tokens))
+        identical &= all(r.tokens == row.plain[0].tokens for r in row.plain + row.cold + row.learned)
+        rows.append(row)
+        base = median_tok_s(row.plain)
+        print(f"{name:11} plain {base:6.1f} tok/s  cold {median_tok_s(row.cold) / base:4.2f}x  "
+              f"learned {median_tok_s(row.learned) / base:4.2f}x  tokens {len(row.plain[0].tokens)}", flush=True)  # fmt: skip
     batch = None
     if not args.quick:
         # the same two engines, the speculating one from empty tries (with a third engine in the
         # process the speculating side measured 0.66x, while in a process of its own it ran this
         # workload in the same time as a plain engine: 31.0 vs 31.2 s for 48 tokens each)
-        spec.engine.speculator.drafter = TrieDrafter(SpeculationConfig())  # type: ignore[union-attr]
-        fresh = spec
-        plain_best = spec_best = 0.0
-        for _ in range(args.repeats):  # alternating sides, best of each: load from others hits both
+        fresh_speculator(spec, TrieDrafter(SpeculationConfig()))
+        plain_runs, spec_runs = [], []
+        for _ in range(3):  # alternating sides, median of each: load from others hits both
             plain_tok_s, plain_out = batch_workload(plain, 128)
-            spec_tok_s, spec_out = batch_workload(fresh, 128)
+            spec_tok_s, spec_out = batch_workload(spec, 128)
             identical &= plain_out == spec_out
-            plain_best, spec_best = max(plain_best, plain_tok_s), max(spec_best, spec_tok_s)
-        plain_tok_s, spec_tok_s = batch = (plain_best, spec_best)
-        print(f"batch-64 plain {plain_tok_s:.1f} tok/s  spec {spec_tok_s:.1f} tok/s  {spec_tok_s / plain_tok_s:.2f}x")
+            plain_runs.append(plain_tok_s)
+            spec_runs.append(spec_tok_s)
+        batch = (statistics.median(plain_runs), statistics.median(spec_runs))
+        print(f"batch-64 plain {batch[0]:.1f} tok/s  spec {batch[1]:.1f} tok/s  {batch[1] / batch[0]:.2f}x")
     write_report(rows, batch, identical, max_tokens, args)
 
 
-def write_report(rows: list[tuple[str, str, Run, Run]], batch: tuple[float, float] | None, identical: bool,
-                 max_tokens: int, args: argparse.Namespace) -> None:  # fmt: skip
+def write_report(rows: list[Row], batch: tuple[float, float] | None, identical: bool, max_tokens: int,
+                 args: argparse.Namespace) -> None:  # fmt: skip
     cfg = SpeculationConfig()
     lines = [
         "# Speculative decoding (trie drafter), batch 1, CPU",
@@ -188,32 +225,42 @@ def write_report(rows: list[tuple[str, str, Run, Run]], batch: tuple[float, floa
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         f"- command: `python bench/speculation.py{' --quick' if args.quick else ''}`",
         f"- model: {MODEL} (Q4_1 GGUF, fp32 compute), greedy, up to {max_tokens} output tokens, default engine "
-        f"settings; speculation defaults: {cfg.max_draft_tokens} draft tokens, depth {cfg.max_depth}, "
+        f"settings; speculation defaults: up to {cfg.max_draft_tokens} draft tokens, depth {cfg.max_depth}, "
         f"off above {cfg.max_batch_size} decoding sequences",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"- outputs token-identical with and without speculation: {identical}",
         "",
-        "| trie | task | plain decode tok/s | spec decode tok/s | speedup | acceptance rate | mean accepted length |"
-        " output tokens |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| trie | task | plain decode tok/s | spec decode tok/s | speedup | per-run speedups | acceptance rate |"
+        " mean accepted length | output tokens |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for phase, name, base, fast in rows:
-        rate = fast.accepted / fast.draft_tokens if fast.draft_tokens else 0.0
-        mean = 1 + fast.accepted / fast.drafts if fast.drafts else 1.0
-        lines.append(f"| {phase} | {name} | {base.decode_tok_s:.1f} | {fast.decode_tok_s:.1f} | "
-                     f"{fast.decode_tok_s / base.decode_tok_s:.2f}x | {rate:.2f} | {mean:.2f} | {len(base.tokens)} |")  # fmt: skip
+    for phase in ("cold", "learned"):
+        for row in rows:
+            runs = row.cold if phase == "cold" else row.learned
+            base, fast = median_tok_s(row.plain), median_tok_s(runs)
+            drafts, drafted, accepted = (sum(getattr(r, f) for r in runs) for f in ("drafts", "draft_tokens", "accepted"))
+            rate = accepted / drafted if drafted else 0.0
+            mean = 1 + accepted / drafts if drafts else 1.0
+            spread = " ".join(f"{s.decode_tok_s / p.decode_tok_s:.2f}" for p, s in zip(row.plain, runs, strict=True))
+            lines.append(f"| {phase} | {row.task} | {base:.1f} | {fast:.1f} | {fast / base:.2f}x | {spread} | {rate:.2f} | "
+                         f"{mean:.2f} | {len(row.plain[0].tokens)} |")  # fmt: skip
     if batch is not None:
-        lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each, best of {args.repeats} "
-                      f"alternating runs): plain {batch[0]:.1f} output tok/s, speculating engine {batch[1]:.1f} "
+        lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each, median of 3 alternating "
+                      f"runs): plain {batch[0]:.1f} output tok/s, speculating engine {batch[1]:.1f} "
                       f"({batch[1] / batch[0]:.2f}x)."]  # fmt: skip
     lines += [
         "",
-        "Acceptance rate = accepted / drafted tokens; mean accepted length = tokens emitted per verified draft "
-        "(accepted + the model's own). \"cold\": every run starts from empty tries (only the request's own text "
-        "helps); \"learned\": every run starts from tries fed the outputs of the other variant of every task "
-        "(other text, file, conversation), never this input's own earlier output. The plain engine's best of the "
-        "timed runs is compared with the speculating engine's best, runs alternating between the two. The batch "
-        "workload drafts almost never (64 decodes > 8), so its ratio shows the run-to-run noise of these shared cores.",
+        f"Each task runs {args.repeats} times on each of three sides in a rotating order (plain engine, speculating "
+        "engine cold, speculating engine learned), so load from other processes hits all three; the table shows "
+        "each side's median decode tok/s (first to last token), and the cold and learned rows of a task share the "
+        "same plain median (same input, same output). Per-run speedups: each repetition's speculating run over "
+        "the plain run next to it. \"cold\": empty tries and no acceptance history (only the request's own text "
+        "helps); \"learned\": tries and per-source acceptance learned from serving the other variant of every task "
+        "(other text, file, conversation), never this input's own earlier output. Both keep the step cost model "
+        "the speculating engine measured on its earlier steps (it describes this machine). Acceptance rate = "
+        "accepted / drafted tokens; mean accepted length = tokens emitted per verified draft (accepted + the "
+        "model's own), over all runs of the side. The batch workload drafts almost never (64 decodes > "
+        f"{cfg.max_batch_size}), so its ratio shows the run-to-run noise of these shared cores.",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"speculation{'-quick' if args.quick else ''}.md").write_text("\n".join(lines) + "\n")

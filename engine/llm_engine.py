@@ -159,6 +159,7 @@ class LLMEngine:
 
     # ---- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         self.programs.expire()
         if self.speculator is not None:
             self.speculator.propose(self.scheduler.running, self.max_model_len)
@@ -170,7 +171,7 @@ class LLMEngine:
         if output.is_empty:
             return []
         try:
-            return self._run_step(output)
+            outputs = self._run_step(output)
         except Exception as exc:
             # Only the requests in this batch fail; aborting them frees their blocks and
             # leaves the scheduler consistent for everyone else.
@@ -179,6 +180,10 @@ class LLMEngine:
             for request_id in failed:
                 self.abort_request(request_id)
             raise StepFailedError(failed, exc) from exc
+        if self.speculator is not None:
+            # [speculation] decode step times teach the speculator what verifying more tokens costs
+            self.speculator.observe_step(output.scheduled, time.perf_counter() - started)
+        return outputs
 
     def _run_step(self, output: SchedulerOutput) -> list[RequestOutput]:
         now = time.monotonic()

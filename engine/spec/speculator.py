@@ -1,33 +1,36 @@
 """Which sequences draft this step and how much (torch-free): the engine's speculation policy.
 
-Draft length adapts per request to its recent acceptance (FASER): from the request's
-per-token acceptance rate ``a``, a draft of ``k`` tokens is expected to emit
-``1 + a + ... + a^k`` tokens for a step that costs ``1 + c*k`` plain decode steps, and the ``k``
-with the best ratio is drafted (``c``: the cost of one more query token in a step; on 2 CPU
-cores with the bundled model a step verifying 3 drafted tokens took 1.27x a decode and one
-verifying 8 took 2.67x, hence 0.2; far less on a GPU at small batch). A request whose drafts keep missing falls back to a single guessed token and drafts
-ever more rarely, so verification never costs much more than the plain decode it replaces.
-Past ``max_batch_size`` decoding sequences the step is compute-bound and nobody drafts.
+The drafter proposes up to ``max_draft_tokens`` nodes; the policy keeps the first ``k`` of
+them, the ``k`` that maximises expected tokens per unit of step time. Expected tokens come
+from the per-token acceptance learned for the draft's source (engine-wide and per request,
+:mod:`~shoal.engine.spec.acceptance`): ``1 + a + ... + a^k``. Step time comes from this
+machine's measured decode steps (:mod:`~shoal.engine.spec.step_cost`): the cost of ``k`` more
+query rows relative to the step without them. When no ``k`` pays, the request drafts nothing
+and backs off (FASER): it sits out 1, 2, 4 ... 16 steps between single-token probes, so text
+the drafter cannot predict costs almost nothing. Past ``max_batch_size`` decoding sequences
+the step is compute-bound and nobody drafts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
+from shoal.engine.scheduler import ScheduledSequence
 from shoal.engine.sequence import Sequence, SequenceStatus
 from shoal.engine.spec import trie_drafter  # noqa: F401 - registers the trie drafter
+from shoal.engine.spec.acceptance import AcceptanceModel
 from shoal.engine.spec.config import SpeculationConfig
 from shoal.engine.spec.drafter import create_drafter
+from shoal.engine.spec.step_cost import StepCostModel
 from shoal.engine.spec.token_tree import DraftTree
 
-_EMA = 0.5
-"""Weight of the latest step in a request's acceptance average."""
-_PRIOR_ACCEPTANCE = 0.6
-"""Per-token acceptance assumed for a request's first draft."""
 TOKEN_COST = {"cpu": 0.2, "cuda": 0.02}
-"""Cost of verifying one more token in a step, relative to a plain decode step, by device."""
-_MAX_COOLDOWN = 16
-"""Most steps a request that keeps missing sits out between drafts."""
+"""Prior cost of one more query row in a step, relative to a one-row decode, by device (the
+measured step times replace it as they come in)."""
+MAX_BACKOFF = 16
+"""Most steps a request whose drafts do not pay sits out between probes."""
 
 
 @dataclass
@@ -50,30 +53,44 @@ class SpecStats:
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
 
 
-def best_draft_size(acceptance: float, token_cost: float, max_tokens: int) -> int:
-    """The draft length with the most expected tokens per unit of step cost (0: drafting does not pay)."""
-    best, best_gain = 0, 1.0
+def expected_tokens(acceptance: float, size: int) -> float:
+    """Tokens a sequence emits from a ``size``-token draft: the accepted run plus the model's own."""
+    return sum(acceptance**i for i in range(size + 1))
+
+
+def best_draft_size(acceptance: float, cost: Callable[[int], float], max_tokens: int, others: float = 0.0) -> int:
+    """The draft length with the most expected tokens per unit of step cost (0: drafting does not pay).
+
+    ``cost(k)``: the step's time with ``k`` drafted tokens relative to without; ``others``:
+    tokens the rest of the step emits anyway (the other decoding sequences).
+    """
+    best, best_gain = 0, others + 1.0
     expected = reach = 1.0
     for k in range(1, max_tokens + 1):
         reach *= acceptance
         expected += reach
-        gain = expected / (1.0 + token_cost * k)
+        gain = (others + expected) / cost(k)
         if gain > best_gain:
             best, best_gain = k, gain
     return best
 
 
 class Speculator:
-    def __init__(self, config: SpeculationConfig, token_cost: float = TOKEN_COST["cpu"]) -> None:
+    def __init__(
+        self, config: SpeculationConfig, token_cost: float = TOKEN_COST["cpu"], step_cost: StepCostModel | None = None
+    ) -> None:
+        """``token_cost``: the prior of the step cost model (``step_cost``, new when None)."""
         self.config = config
-        self.token_cost = token_cost
         self.drafter = create_drafter(config)
+        self.step_cost = step_cost if step_cost is not None else StepCostModel(token_cost)
+        self.acceptance = AcceptanceModel()
         self.stats = SpecStats()
-        self._acceptance: dict[int, float] = {}
-        self._misses: dict[int, int] = {}
-        """Drafts in a row that ``seq`` accepted nothing of."""
+        self._backoff: dict[int, int] = {}
+        """Current sit-out length of requests whose drafts do not pay (doubling up to MAX_BACKOFF)."""
         self._cooldown: dict[int, int] = {}
-        """Steps ``seq`` sits out before drafting again (doubling with each further miss)."""
+        """Steps a request still sits out."""
+        self._probe_due: set[int] = set()
+        """Requests that sat out and may now verify a single-token probe."""
 
     def propose(self, running: list[Sequence], max_model_len: int) -> None:
         """Set ``seq.draft`` on the running decodes that should speculate this step (None elsewhere)."""
@@ -84,15 +101,27 @@ class Speculator:
                 decodes.append(seq)
         if len(decodes) > self.config.max_batch_size:
             return
+        rows = len(decodes)
+        others = float(len(decodes) - 1)
         for seq in decodes:
             if not self.eligible(seq) or self._sits_out(seq):
                 continue
             room = max_model_len - len(seq)
             if seq.params.max_tokens is not None:
                 room = min(room, seq.params.max_tokens - seq.num_output_tokens - 1)
-            budget = min(self.budget(seq), room)
-            if budget >= 1:
-                seq.draft = self.drafter.propose(seq, budget, min(self.config.max_depth, budget))
+            budget = min(self.config.max_draft_tokens, room)
+            if budget < 1:
+                continue
+            draft = self.drafter.propose(seq, budget, min(self.config.max_depth, budget))
+            if draft is None:
+                continue
+            acceptance = self.acceptance.estimate(seq.seq_id, draft.source)
+            size = best_draft_size(acceptance, partial(self.step_cost.relative, rows), len(draft), others)
+            size = self._back_off(seq) if size == 0 else self._pays(seq, size)
+            if size:
+                seq.draft = draft.truncated(size)
+                rows += size
+                others += expected_tokens(acceptance, size) - 1.0
 
     def _sits_out(self, seq: Sequence) -> bool:
         left = self._cooldown.get(seq.seq_id, 0)
@@ -100,10 +129,21 @@ class Speculator:
             self._cooldown[seq.seq_id] = left - 1
         return left > 0
 
-    def budget(self, seq: Sequence) -> int:
-        """Nodes to draft for ``seq`` (at least one: a request that sat out its misses probes again)."""
-        acceptance = self._acceptance.get(seq.seq_id, _PRIOR_ACCEPTANCE)
-        return max(1, best_draft_size(acceptance, self.token_cost, self.config.max_draft_tokens))
+    def _back_off(self, seq: Sequence) -> int:
+        """No draft size pays for ``seq``: 1 if a probe is due, else 0 and a longer sit-out."""
+        sid = seq.seq_id
+        if sid in self._probe_due:
+            self._probe_due.discard(sid)
+            return 1
+        wait = min(MAX_BACKOFF, 2 * self._backoff.get(sid, 0) or 1)
+        self._backoff[sid] = self._cooldown[sid] = wait
+        self._probe_due.add(sid)
+        return 0
+
+    def _pays(self, seq: Sequence, size: int) -> int:
+        self._backoff.pop(seq.seq_id, None)
+        self._probe_due.discard(seq.seq_id)
+        return size
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
@@ -120,6 +160,13 @@ class Speculator:
             return False
         return seq.num_output_tokens >= p.min_tokens and not seq.pending_fork
 
+    def observe_step(self, scheduled: list[ScheduledSequence], seconds: float) -> None:
+        """A step of ``scheduled`` took ``seconds``: decode-only steps teach the step cost model."""
+        if not scheduled or any(item.num_tokens != 1 for item in scheduled):
+            return
+        rows = sum(1 + (len(item.draft) if item.draft is not None else 0) for item in scheduled)
+        self.step_cost.observe(rows, seconds)
+
     def record(self, seq: Sequence, draft: DraftTree, num_accepted: int) -> None:
         """``num_accepted`` of ``draft``'s tokens were accepted (a path from its root)."""
         s = self.stats
@@ -130,21 +177,14 @@ class Speculator:
             s.accepted_per_pos.extend([0] * (num_accepted - len(s.accepted_per_pos)))
         for pos in range(num_accepted):
             s.accepted_per_pos[pos] += 1
-        # per-token acceptance of this draft: its accepted tokens over those tried (the one
-        # rejected where the walk stopped, unless it reached the draft's deepest level)
+        # tokens tried on the path: the accepted ones and the one rejected where the walk
+        # stopped, unless it reached the draft's deepest level
         tried = num_accepted + (1 if num_accepted < max(draft.depths) else 0)
-        rate = num_accepted / tried
-        prev = self._acceptance.get(seq.seq_id, rate)
-        self._acceptance[seq.seq_id] = (1 - _EMA) * prev + _EMA * rate
-        if num_accepted:
-            self._misses.pop(seq.seq_id, None)
-            return
-        # misses in a row: sit out 1, 2, 4, ... steps (at most _MAX_COOLDOWN), so text the
-        # drafter cannot predict costs almost nothing
-        misses = self._misses[seq.seq_id] = self._misses.get(seq.seq_id, 0) + 1
-        self._cooldown[seq.seq_id] = min(_MAX_COOLDOWN, 2 ** (misses - 1))
+        self.acceptance.update(seq.seq_id, draft.source, num_accepted, tried)
 
     def release(self, seq: Sequence) -> None:
         self.drafter.release(seq)
-        for state in (self._acceptance, self._misses, self._cooldown):
+        self.acceptance.release(seq.seq_id)
+        for state in (self._backoff, self._cooldown):
             state.pop(seq.seq_id, None)
+        self._probe_due.discard(seq.seq_id)

@@ -19,6 +19,9 @@ class DraftTree:
 
     tokens: tuple[int, ...]
     parents: tuple[int, ...]
+    source: str = ""
+    """Where the draft came from (e.g. ``own:4``: the request's own text, a 4-token match); the
+    speculator learns each source's acceptance separately."""
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.parents):
@@ -51,7 +54,7 @@ class DraftTree:
 
     def truncated(self, size: int) -> DraftTree:
         """The first ``size`` nodes (still a tree: parents come first)."""
-        return self if size >= len(self) else DraftTree(self.tokens[:size], self.parents[:size])
+        return self if size >= len(self) else DraftTree(self.tokens[:size], self.parents[:size], self.source)
 
     @staticmethod
     def chain(tokens: list[int]) -> DraftTree:
@@ -96,7 +99,7 @@ class TreeBuilder:
                 return
             parent = node
 
-    def build(self) -> DraftTree | None:
+    def build(self, source: str = "") -> DraftTree | None:
         if not self._tokens:
             return None
-        return DraftTree(tuple(self._tokens), tuple(self._parents))
+        return DraftTree(tuple(self._tokens), tuple(self._parents), source)

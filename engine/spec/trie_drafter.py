@@ -27,7 +27,9 @@ class _Own:
 class TrieDrafter(Drafter):
     """Drafts from the sequence's own text first (it repeats itself and its prompt), then fills
     the remaining budget from a global trie that every request's output feeds, so a pattern
-    one request produced is drafted for the next (learning online from traffic)."""
+    one request produced is drafted for the next (learning online from traffic). A draft's
+    source names the trie that found its first nodes and the matched length (``own:4``,
+    ``global:2``): the speculator learns how well each kind of draft is accepted."""
 
     def __init__(self, config: SpeculationConfig) -> None:
         self.config = config
@@ -41,10 +43,13 @@ class TrieDrafter(Drafter):
         own = self._sync(seq)
         builder = TreeBuilder(budget, max_depth)
         share = self.config.min_branch_share
-        own.trie.draft(seq.token_ids, builder, MAX_MATCH, share)
+        matched = own.trie.draft(seq.token_ids, builder, MAX_MATCH, share)
+        source = f"own:{matched}"
         if self.global_trie is not None and not builder.full:
-            self.global_trie.draft(seq.token_ids, builder, MAX_MATCH, share, MIN_GLOBAL_MATCH)
-        return builder.build()
+            found = self.global_trie.draft(seq.token_ids, builder, MAX_MATCH, share, MIN_GLOBAL_MATCH)
+            if not matched:
+                source = f"global:{found}"
+        return builder.build(source)
 
     def release(self, seq: Sequence) -> None:
         self._sync(seq)
