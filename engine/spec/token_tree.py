@@ -41,6 +41,11 @@ class DraftTree:
             depths.append(1 if parent == ROOT else depths[parent] + 1)
         return depths
 
+    @property
+    def is_chain(self) -> bool:
+        """A single branch: each node continues the one before (its attention is plain causal)."""
+        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+
     def children(self, parent: int) -> list[int]:
         return [i for i, p in enumerate(self.parents) if p == parent]
 

@@ -3,7 +3,8 @@
 A sequence with a draft of ``m`` nodes has its ``m`` nodes as its last query tokens and its
 last ``m`` cache slots. Node ``j`` attends to every cache position before the draft and to
 the draft slots of its ancestors and itself; sequences without a draft keep the backend's
-causal attention.
+causal attention, and so do single-branch drafts (their ancestors are exactly the tokens
+before them, so the backend's causal kernel for prompt chunks serves them without a mask).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class TreeAttentionBackend(KernelBackend):
     def __init__(self, inner: KernelBackend, trees: dict[int, DraftTree]) -> None:
         self.inner = inner
         self.trees = trees
+        self.branched = {b: tree for b, tree in trees.items() if not tree.is_chain}
+        """The drafts that need a tree mask; chains take the causal path."""
         self.name = inner.name
         self._masks: dict[int, torch.Tensor] = {}
         self._tree_bits: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -118,8 +121,12 @@ class TreeAttentionBackend(KernelBackend):
                 q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, max_q_len, max_context_len,
                 tree_bits=bits, draft_lens=draft_lens,
             )  # fmt: skip
+        if not self.branched:
+            return self.inner.paged_attention(
+                q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, max_q_len, max_context_len
+            )
         out = torch.empty_like(q)
-        plain = [b for b in range(len(ctx)) if b not in self.trees]
+        plain = [b for b in range(len(ctx)) if b not in self.branched]
         if plain:
             rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in plain]).to(q.device)
             q_lens = [cu[b + 1] - cu[b] for b in plain]
@@ -131,7 +138,7 @@ class TreeAttentionBackend(KernelBackend):
                 q[rows], k_cache, v_cache, block_tables[index], sub_cu, context_lens[index], scale,
                 max(q_lens), max(ctx[b] for b in plain),
             )  # fmt: skip
-        for b, tree in self.trees.items():
+        for b, tree in self.branched.items():
             q_len = cu[b + 1] - cu[b]
             mask = self._masks.get(b)
             if mask is None:

@@ -32,8 +32,9 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible
     return out
 
 
+@pytest.mark.parametrize("tree", [TREE, DraftTree.chain([11, 12, 13, 14, 15])], ids=["branched", "chain"])
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
-def test_tree_backend_matches_reference_in_a_mixed_batch(num_kv_heads: int) -> None:
+def test_tree_backend_matches_reference_in_a_mixed_batch(num_kv_heads: int, tree: DraftTree) -> None:
     gen = torch.Generator().manual_seed(0)
     block_size, head_dim, num_q_heads = 4, 8, 4
     ops = TorchBackend()
@@ -46,12 +47,12 @@ def test_tree_backend_matches_reference_in_a_mixed_batch(num_kv_heads: int) -> N
     q = torch.randn(9, num_q_heads, head_dim, generator=gen)
     cu = torch.tensor([0, 6, 9], dtype=torch.int32)
     ctx = torch.tensor([10, 7], dtype=torch.int32)
-    out = TreeAttentionBackend(ops, {0: TREE}).paged_attention(q, k_cache, v_cache, tables, cu, ctx, 0.3, 6, 10)
+    out = TreeAttentionBackend(ops, {0: tree}).paged_attention(q, k_cache, v_cache, tables, cu, ctx, 0.3, 6, 10)
 
     def seq_kv(cache: torch.Tensor, row: int, length: int) -> torch.Tensor:
         return torch.stack([cache[int(tables[row, p // block_size]), p % block_size] for p in range(length)])
 
-    visible = [list(range(5))] + [list(range(5)) + [5 + a for a in TREE.ancestors_or_self(j)] for j in range(5)]
+    visible = [list(range(5))] + [list(range(5)) + [5 + a for a in tree.ancestors_or_self(j)] for j in range(5)]
     want_tree = reference(q[:6], seq_kv(k_cache, 0, 10), seq_kv(v_cache, 0, 10), visible, 0.3)
     want_plain = reference(q[6:], seq_kv(k_cache, 1, 7), seq_kv(v_cache, 1, 7), [list(range(p + 1)) for p in (4, 5, 6)], 0.3)
     torch.testing.assert_close(out[:6], want_tree, atol=1e-5, rtol=1e-5)
