@@ -198,6 +198,8 @@ def main() -> None:
         base = median_tok_s(row.plain)
         print(f"{name:11} plain {base:6.1f} tok/s  cold {median_tok_s(row.cold) / base:4.2f}x  "
               f"learned {median_tok_s(row.learned) / base:4.2f}x  tokens {len(row.plain[0].tokens)}", flush=True)  # fmt: skip
+    step_cost = spec.engine.speculator.step_cost  # type: ignore[union-attr]
+    costs = {n - 1: step_cost.relative(1, n - 1) for n in step_cost.measured() if 1 < n <= 17}
     batch = None
     if not args.quick:
         # the same two engines, the speculating one from empty tries (with a third engine in the
@@ -213,11 +215,11 @@ def main() -> None:
             spec_runs.append(spec_tok_s)
         batch = (statistics.median(plain_runs), statistics.median(spec_runs))
         print(f"batch-64 plain {batch[0]:.1f} tok/s  spec {batch[1]:.1f} tok/s  {batch[1] / batch[0]:.2f}x")
-    write_report(rows, batch, identical, max_tokens, args)
+    write_report(rows, batch, identical, max_tokens, args, costs)
 
 
 def write_report(rows: list[Row], batch: tuple[float, float] | None, identical: bool, max_tokens: int,
-                 args: argparse.Namespace) -> None:  # fmt: skip
+                 args: argparse.Namespace, costs: dict[int, float]) -> None:  # fmt: skip
     cfg = SpeculationConfig()
     lines = [
         "# Speculative decoding (trie drafter), batch 1, CPU",
@@ -248,6 +250,10 @@ def write_report(rows: list[Row], batch: tuple[float, float] | None, identical: 
         lines += ["", f"64-prompt batch workload (bench/offline.py prompts, 128 tokens each, median of 3 alternating "
                       f"runs): plain {batch[0]:.1f} output tok/s, speculating engine {batch[1]:.1f} "
                       f"({batch[1] / batch[0]:.2f}x)."]  # fmt: skip
+    if costs:
+        lines += ["", "Step cost the speculating engine measured at batch 1 (median step time with k drafted tokens "
+                      "over a plain decode step; it sizes drafts from these): "
+                      + ", ".join(f"k={k}: {c:.2f}x" for k, c in costs.items()) + "."]  # fmt: skip
     lines += [
         "",
         f"Each task runs {args.repeats} times on each of three sides in a rotating order (plain engine, speculating "

@@ -39,6 +39,10 @@ class StepCostModel:
         if len(window) >= MIN_SAMPLES:
             self._median[rows] = statistics.median(window)
 
+    def measured(self) -> dict[int, float]:
+        """Median step seconds per row count with enough timings, by row count."""
+        return dict(sorted(self._median.items()))
+
     def relative(self, rows: int, extra: int) -> float:
         """Cost of a step of ``rows + extra`` query rows relative to one of ``rows`` (>= 1)."""
         if extra <= 0:
