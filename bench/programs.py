@@ -109,8 +109,9 @@ def run_real(args: argparse.Namespace) -> int:
                   f"hit {stats.hit_rate:.2f}  programs done {len(stats.completions)}  errors {stats.errors}  "
                   f"load {stats.load_avg:.1f}", flush=True)
     command = "python bench/programs.py " + " ".join(sys.argv[1:])
-    write_real_report(RESULTS / "programs-real.md", params, rounds, command.strip(), time.time() - started, scheduler)
-    print(f"wrote {RESULTS / 'programs-real.md'} ({time.time() - started:.0f} s)")
+    out = RESULTS / args.real_output
+    write_real_report(out, params, rounds, command.strip(), time.time() - started, scheduler)
+    print(f"wrote {out} ({time.time() - started:.0f} s)")
     return 0
 
 
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument("--real-concurrency", type=int, default=12)
     parser.add_argument("--real-duration", type=float, default=240.0, help="seconds per policy (real mode)")
     parser.add_argument("--real-rounds", type=int, default=1, help="rounds of all policies in turn (real mode)")
+    parser.add_argument("--real-output", default="programs-real.md", help="report name under bench/results (real mode)")
     args = parser.parse_args()
     if args.real:
         return run_real(args)

@@ -141,7 +141,8 @@ def write_report(
         f"whole context so far; mean context per call {w.mean_context_tokens():.0f} tokens, so the fleet's KV holds "
         f"about {c2x // 2} programs: **2x oversubscription = C {c2x}**. The JSON body a chars/token estimate sees "
         f"is {CHARS_PER_TOKEN} bytes per token.",
-        f"- {duration_s:.0f} s of virtual time per run, the first {warmup_s:.0f} s excluded from every figure.",
+        f"- {duration_s:.0f} s of virtual time per run, the first {warmup_s:.0f} s excluded from every figure. "
+        f"Seed {workload.seed} (the program traces and tool durations; `--seed` draws others).",
         "- Client modes: `releases` (release after the last call), `never-releases` (stops silently), `crashes` "
         f"({w.crash_fraction:.0%} of programs vanish after a random call; the rest release). A closed loop: a slot "
         "whose program ends or crashes starts the next program at once.",
@@ -201,8 +202,10 @@ def write_report(
         lines.append("")
     if real_check_rows:
         by = {r.policy: r for r in real_check_rows}
+        real = RealParams()
         lines += ["## The --real run's configuration in the simulator", "",
-                  "The same engines (2 x 64 blocks, 8 sequences), concurrency and workload sizes as "
+                  f"The same engines (2 x {real.kv_blocks} blocks, 8 sequences, pins capped at a quarter of the "
+                  f"pool as the engine does for one tenant), C = {real.concurrency} and the same program traces as "
                   "`bench/programs.py --real` (`real.simulated_equivalent`): compare its ratios and hit rates with "
                   "`programs-real.md` to see how far the simulator can be trusted (absolute steps/min differ: "
                   "there the engines share 2 cores with the router and the clients).", "",
