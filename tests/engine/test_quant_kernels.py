@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.engine.kernels.cpu.build import cpu_supports_kernels
+from shoal.engine.kernels.cpu.build import cpu_supports_kernels, quant_kernels
 from shoal.engine.kernels.cpu.quant_linear import (
     BLOCK_BYTES,
     KERNEL_MAX_ROWS,
@@ -42,6 +42,35 @@ def test_linear_matches_reference(qtype: str, rows: int) -> None:
     expected = reference_linear(x, weight, bias)
     scale = (x.abs() @ reference_dequantize(weight).abs().T).max().item()
     torch.testing.assert_close(quant_linear(x, weight, bias), expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, KERNEL_MAX_ROWS])
+@pytest.mark.parametrize("out_features", [1, 37, 300])
+def test_each_instruction_set_matches_reference(avx512: bool, qtype: str, rows: int, out_features: int) -> None:
+    """Both code paths (the CPU picks one), odd output sizes (the 2-row tiles' tail) and thread chunks."""
+    kernels = quant_kernels()
+    if avx512 and not kernels.has_avx512():
+        pytest.skip("this CPU has no AVX-512")
+    weight = random_blocks(qtype, out_features, 160, seed=out_features)
+    x = torch.randn(rows, 160, generator=torch.Generator().manual_seed(rows))
+    y = getattr(kernels, f"{qtype.lower()}_linear")(x, weight.blocks, 160, avx512=avx512)
+    scale = (x.abs() @ reference_dequantize(weight).abs().T).max().item()
+    torch.testing.assert_close(y, reference_linear(x, weight), rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    weight = random_blocks("Q4_1", 1000, 576, seed=5)
+    x = torch.randn(3, 576, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = quant_linear(x, weight)
+        torch.set_num_threads(max(threads, 2))
+        assert torch.equal(quant_linear(x, weight), single)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])

@@ -1,11 +1,23 @@
 // y = x @ W^T straight from GGUF Q4_1 / Q8_0 blocks: each block of 32 weights is dequantized in
-// AVX2 registers (d * q + m, the same values the fp32 loader produces) and used for every row of x,
-// so the weights are read once per call at 5 (Q4_1) or 8.5 (Q8_0) bits per weight.
+// registers (d * q + m, the same values the fp32 loader produces) and used for every row of x, so
+// the weights are read once per call at 5 (Q4_1) or 8.5 (Q8_0) bits per weight. AVX-512 where the
+// CPU has it (half the instructions per block), else AVX2. Rows of W are split over a small spinning
+// thread pool: waking OpenMP threads under OMP_WAIT_POLICY=PASSIVE (the engine's setting) costs
+// ~45 us per call, more than a whole 576x576 GEMV.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sched.h>
+#include <unistd.h>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -13,6 +25,115 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kQ41Bytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
 constexpr int64_t kQ80Bytes = 34;  // f16 d, 32 int8
 constexpr int64_t kRowTile = 4;    // rows of x sharing one dequantized block
+
+// ---- thread pool -------------------------------------------------------------------------------
+
+// Workers spin (yielding the core to any other runnable thread) for a while after each job, since
+// a decode step calls the kernel every few microseconds, then sleep until the next one. Chunks are
+// claimed one at a time, and the caller waits only for helpers that joined the job: a helper that
+// lost its core to another process does not hold the call up.
+class SpinPool {
+ public:
+  using Task = void (*)(void* ctx, int64_t chunk);
+
+  // The process's pool (a forked child builds its own: the parent's workers do not exist there).
+  static SpinPool& get() {
+    static SpinPool* pool = nullptr;
+    static pid_t owner = 0;
+    if (pool == nullptr || owner != getpid()) {
+      pool = new SpinPool();  // never freed: workers may still be spinning on it at exit
+      owner = getpid();
+    }
+    return *pool;
+  }
+
+  // Runs task(ctx, c) for c in [0, chunks) on up to `threads` threads (the caller is one of them).
+  void run(Task task, void* ctx, int64_t chunks, int threads) {
+    const int helpers = static_cast<int>(std::min<int64_t>({threads, chunks, 128})) - 1;
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);  // a second caller runs alone
+    if (helpers <= 0 || !busy.owns_lock()) {
+      for (int64_t c = 0; c < chunks; ++c) task(ctx, c);
+      return;
+    }
+    while (static_cast<int>(workers_.size()) < helpers) {
+      workers_.emplace_back([this] { work(); });
+      workers_.back().detach();
+    }
+    task_ = task;
+    ctx_ = ctx;
+    chunks_ = chunks;
+    next_.store(0, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    generation_ += 1;
+    // entry word: generation, closed flag, seats for helpers, helpers that joined
+    entry_.store(generation_ << 24 | static_cast<uint64_t>(helpers) << 8, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      wake_.notify_all();
+    }
+    drain();
+    const int joined = static_cast<int>(entry_.fetch_or(kClosed, std::memory_order_acq_rel) & 0xFF);
+    for (int64_t spins = 0; done_.load(std::memory_order_acquire) < joined; ++spins) {
+      if (spins > 4096) sched_yield();  // a helper lost its core mid-chunk: let it finish
+      else _mm_pause();
+    }
+  }
+
+ private:
+  static constexpr auto kSpin = std::chrono::microseconds(2000);
+  static constexpr uint64_t kClosed = uint64_t{1} << 23;
+
+  void drain() {
+    for (int64_t c; (c = next_.fetch_add(1, std::memory_order_relaxed)) < chunks_;) task_(ctx_, c);
+  }
+
+  void work() {
+    uint64_t seen = 0;  // generation of the last job this helper saw
+    for (;;) {
+      auto since = std::chrono::steady_clock::now();
+      for (int64_t spins = 0; entry_.load(std::memory_order_acquire) >> 24 == seen; ++spins) {
+        sched_yield();  // returns at once when nothing else wants this core
+        if ((spins & 63) == 63 && std::chrono::steady_clock::now() - since > kSpin) {
+          std::unique_lock<std::mutex> lock(mutex_);
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          wake_.wait(lock, [&] { return entry_.load(std::memory_order_seq_cst) >> 24 != seen; });
+          sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        }
+      }
+      uint64_t entry = entry_.load(std::memory_order_acquire);
+      seen = entry >> 24;
+      while (!(entry & kClosed) && (entry & 0xFF) < (entry >> 8 & 0xFF)) {
+        if (entry_.compare_exchange_weak(entry, entry + 1, std::memory_order_acq_rel)) {
+          drain();
+          done_.fetch_add(1, std::memory_order_release);
+          break;
+        }
+        if (entry >> 24 != seen) break;  // a newer job: the outer loop picks it up
+      }
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;
+  uint64_t generation_ = 0;
+  std::atomic<uint64_t> entry_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int64_t> next_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  Task task_ = nullptr;
+  void* ctx_ = nullptr;
+  int64_t chunks_ = 0;
+};
+
+template <typename F>
+void parallel_chunks(int64_t chunks, F& body) {
+  SpinPool::get().run([](void* ctx, int64_t c) { (*static_cast<F*>(ctx))(c); }, &body, chunks,
+                      at::get_num_threads());
+}
+
+// ---- block formats -----------------------------------------------------------------------------
 
 inline float f16(const uint8_t* p) {
   uint16_t h;
@@ -30,7 +151,7 @@ inline float hsum(__m256 v) {
 inline __m256 bytes_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 inline __m256 bytes_i8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
 
-// The 32 weights of one block as four vectors of 8, in element order.
+// The 32 weights of one block as four vectors of 8 (AVX2) or two of 16 (AVX-512), in element order.
 struct Q41 {
   static constexpr int64_t bytes = kQ41Bytes;
   static inline void load(const uint8_t* b, __m256 w[4]) {
@@ -58,6 +179,8 @@ struct Q80 {
   }
 };
 
+// ---- AVX2 --------------------------------------------------------------------------------------
+
 template <typename Q, int R>
 inline void row_dot(const uint8_t* wrow, const float* x, int64_t ldx, int64_t nb, float* out, int64_t ldo) {
   __m256 acc0[R], acc1[R];
@@ -80,47 +203,151 @@ inline void row_dot(const uint8_t* wrow, const float* x, int64_t ldx, int64_t nb
 }
 
 template <typename Q>
-torch::Tensor gemv(const torch::Tensor& x_in, const torch::Tensor& blocks, int64_t in_features) {
+void rows_avx2(const uint8_t* wp, const float* xp, float* yp, int64_t rows, int64_t n, int64_t in_features,
+               int64_t begin, int64_t end) {
+  const int64_t nb = in_features / kBlock, row_bytes = nb * Q::bytes;
+  for (int64_t o = begin; o < end; ++o) {
+    const uint8_t* wrow = wp + o * row_bytes;
+    int64_t r = 0;
+    for (; r + kRowTile <= rows; r += kRowTile)
+      row_dot<Q, kRowTile>(wrow, xp + r * in_features, in_features, nb, yp + r * n + o, n);
+    const float* xr = xp + r * in_features;
+    float* yr = yp + r * n + o;
+    switch (rows - r) {
+      case 3: row_dot<Q, 3>(wrow, xr, in_features, nb, yr, n); break;
+      case 2: row_dot<Q, 2>(wrow, xr, in_features, nb, yr, n); break;
+      case 1: row_dot<Q, 1>(wrow, xr, in_features, nb, yr, n); break;
+      default: break;
+    }
+  }
+}
+
+// ---- AVX-512 -----------------------------------------------------------------------------------
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+
+struct Q41x16 {
+  static constexpr int64_t bytes = kQ41Bytes;
+  static constexpr int columns = 2;
+  static inline void load(const uint8_t* b, __m512 w[2]) {
+    const __m512 d = _mm512_set1_ps(f16(b));
+    const __m512 m = _mm512_set1_ps(f16(b + 2));
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4)));
+    w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0x0F))), d, m);
+    w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4)), d, m);
+  }
+};
+
+struct Q80x16 {
+  static constexpr int64_t bytes = kQ80Bytes;
+  static constexpr int columns = 1;
+  static inline void load(const uint8_t* b, __m512 w[2]) {
+    const __m512 d = _mm512_set1_ps(f16(b));
+    for (int k = 0; k < 2; ++k) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + 16 * k));
+      w[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d);
+    }
+  }
+};
+
+// C rows of W against R rows of x; the low and high 16 weights of a block accumulate apart so
+// each accumulator waits on one FMA per block.
+template <typename Q, int R, int C>
+inline void tile512(const uint8_t* wrow, int64_t row_bytes, const float* x, int64_t ldx, int64_t nb, float* out,
+                    int64_t ldo) {
+  __m512 lo[C][R], hi[C][R];
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) lo[c][r] = hi[c][r] = _mm512_setzero_ps();
+  __m512 w[C][2];
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int c = 0; c < C; ++c) Q::load(wrow + c * row_bytes + b * Q::bytes, w[c]);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x0 = _mm512_loadu_ps(x + r * ldx + b * kBlock);
+      const __m512 x1 = _mm512_loadu_ps(x + r * ldx + b * kBlock + 16);
+      for (int c = 0; c < C; ++c) {
+        lo[c][r] = _mm512_fmadd_ps(w[c][0], x0, lo[c][r]);
+        hi[c][r] = _mm512_fmadd_ps(w[c][1], x1, hi[c][r]);
+      }
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) out[r * ldo + c] = _mm512_reduce_add_ps(_mm512_add_ps(lo[c][r], hi[c][r]));
+}
+
+template <typename Q, int C>
+inline void column512(const uint8_t* wrow, int64_t row_bytes, const float* xp, float* yp, int64_t rows, int64_t n,
+                      int64_t in_features) {
+  const int64_t nb = in_features / kBlock;
+  int64_t r = 0;
+  for (; r + kRowTile <= rows; r += kRowTile)
+    tile512<Q, kRowTile, C>(wrow, row_bytes, xp + r * in_features, in_features, nb, yp + r * n, n);
+  const float* xr = xp + r * in_features;
+  float* yr = yp + r * n;
+  switch (rows - r) {
+    case 3: tile512<Q, 3, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
+    case 2: tile512<Q, 2, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
+    case 1: tile512<Q, 1, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
+    default: break;
+  }
+}
+
+template <typename Q>
+void rows_avx512(const uint8_t* wp, const float* xp, float* yp, int64_t rows, int64_t n, int64_t in_features,
+                 int64_t begin, int64_t end) {
+  const int64_t row_bytes = in_features / kBlock * Q::bytes;
+  int64_t o = begin;
+  if (Q::columns == 2)
+    for (; o + 2 <= end; o += 2) column512<Q, 2>(wp + o * row_bytes, row_bytes, xp, yp + o, rows, n, in_features);
+  for (; o < end; ++o) column512<Q, 1>(wp + o * row_bytes, row_bytes, xp, yp + o, rows, n, in_features);
+}
+
+#pragma GCC pop_options
+
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+}
+
+// ---- entry points ------------------------------------------------------------------------------
+
+void check_blocks(const torch::Tensor& blocks, int64_t in_features, int64_t block_bytes) {
+  TORCH_CHECK(in_features % kBlock == 0, "in_features must be a multiple of 32");
+  const int64_t nb = in_features / kBlock;
+  TORCH_CHECK(blocks.dim() == 2 && blocks.scalar_type() == torch::kUInt8 && blocks.is_contiguous() &&
+                  blocks.size(1) == nb * block_bytes,
+              "weight blocks must be a contiguous uint8 [out_features, ", nb * block_bytes, "] tensor");
+}
+
+template <typename Q, typename Q512>
+torch::Tensor gemv(const torch::Tensor& x_in, const torch::Tensor& blocks, int64_t in_features, bool avx512) {
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32, "x must be a 2-D float32 tensor");
   TORCH_CHECK(x_in.size(1) == in_features && in_features % kBlock == 0, "x has ", x_in.size(1),
               " features, the weight ", in_features, " (a multiple of 32)");
-  const int64_t nb = in_features / kBlock;
-  TORCH_CHECK(blocks.dim() == 2 && blocks.scalar_type() == torch::kUInt8 && blocks.is_contiguous() &&
-                  blocks.size(1) == nb * Q::bytes,
-              "weight blocks must be a contiguous uint8 [out_features, ", nb * Q::bytes, "] tensor");
+  check_blocks(blocks, in_features, Q::bytes);
+  TORCH_CHECK(!avx512 || cpu_has_avx512(), "this CPU has no AVX-512");
   const torch::Tensor x = x_in.contiguous();
   const int64_t rows = x.size(0), n = blocks.size(0);
   torch::Tensor y = torch::empty({rows, n}, x.options());
   const float* xp = x.data_ptr<float>();
   const uint8_t* wp = blocks.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
-  const int64_t row_bytes = nb * Q::bytes;
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const uint8_t* wrow = wp + o * row_bytes;
-      int64_t r = 0;
-      for (; r + kRowTile <= rows; r += kRowTile)
-        row_dot<Q, kRowTile>(wrow, xp + r * in_features, in_features, nb, yp + r * n + o, n);
-      const float* xr = xp + r * in_features;
-      float* yr = yp + r * n + o;
-      switch (rows - r) {
-        case 3: row_dot<Q, 3>(wrow, xr, in_features, nb, yr, n); break;
-        case 2: row_dot<Q, 2>(wrow, xr, in_features, nb, yr, n); break;
-        case 1: row_dot<Q, 1>(wrow, xr, in_features, nb, yr, n); break;
-        default: break;
-      }
-    }
-  });
+  // about 8 chunks per thread (load balance when a core is shared), even-sized for the 2-row tiles
+  const int64_t chunk = std::max<int64_t>(16, (n / (8 * at::get_num_threads()) + 1) & ~int64_t{1});
+  auto body = [&](int64_t c) {
+    const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
+    if (avx512) rows_avx512<Q512>(wp, xp, yp, rows, n, in_features, begin, end);
+    else rows_avx2<Q>(wp, xp, yp, rows, n, in_features, begin, end);
+  };
+  parallel_chunks((n + chunk - 1) / chunk, body);
   return y;
 }
 
 template <typename Q>
 torch::Tensor dequantize(const torch::Tensor& blocks, int64_t in_features) {
-  TORCH_CHECK(in_features % kBlock == 0, "in_features must be a multiple of 32");
+  check_blocks(blocks, in_features, Q::bytes);
   const int64_t nb = in_features / kBlock;
-  TORCH_CHECK(blocks.dim() == 2 && blocks.scalar_type() == torch::kUInt8 && blocks.is_contiguous() &&
-                  blocks.size(1) == nb * Q::bytes,
-              "weight blocks must be a contiguous uint8 [out_features, ", nb * Q::bytes, "] tensor");
   const int64_t n = blocks.size(0);
   torch::Tensor w = torch::empty({n, in_features}, torch::dtype(torch::kFloat32));
   const uint8_t* wp = blocks.data_ptr<uint8_t>();
@@ -138,8 +365,11 @@ torch::Tensor dequantize(const torch::Tensor& blocks, int64_t in_features) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("q4_1_linear", &gemv<Q41>, "y = x @ W^T with W in GGUF Q4_1 blocks [out, in/32*20]");
-  m.def("q8_0_linear", &gemv<Q80>, "y = x @ W^T with W in GGUF Q8_0 blocks [out, in/32*34]");
+  m.def("q4_1_linear", &gemv<Q41, Q41x16>, "y = x @ W^T with W in GGUF Q4_1 blocks [out, in/32*20]",
+        py::arg("x"), py::arg("blocks"), py::arg("in_features"), py::arg("avx512") = cpu_has_avx512());
+  m.def("q8_0_linear", &gemv<Q80, Q80x16>, "y = x @ W^T with W in GGUF Q8_0 blocks [out, in/32*34]",
+        py::arg("x"), py::arg("blocks"), py::arg("in_features"), py::arg("avx512") = cpu_has_avx512());
+  m.def("has_avx512", &cpu_has_avx512, "whether the linears can use the AVX-512 path");
   m.def("q4_1_dequantize", &dequantize<Q41>, "fp32 [out, in] from Q4_1 blocks");
   m.def("q8_0_dequantize", &dequantize<Q80>, "fp32 [out, in] from Q8_0 blocks");
 }
