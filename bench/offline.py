@@ -284,7 +284,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
         f"- command: `python bench/offline.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         f"- workload: {args.num_prompts} chat prompts (20-400 prompt tokens), {args.max_tokens} greedy output tokens "
         f"each; transformers fp32 with {args.threads} threads on the same GGUF",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
+        "(both engines; `python -m shoal.engine` sets PASSIVE)",
         f"- Shoal defaults chosen (no tuning flags): {json.dumps((batch or single)['defaults'])}",
         f"- each row is the fastest of {args.repeats} run(s); the engines alternate within a round",
         "",
