@@ -206,6 +206,8 @@ def main() -> None:
         # process the speculating side measured 0.66x, while in a process of its own it ran this
         # workload in the same time as a plain engine: 31.0 vs 31.2 s for 48 tokens each)
         fresh_speculator(spec, TrieDrafter(SpeculationConfig()))
+        for llm in (plain, spec):  # untimed: each engine's first 64-row steps run far slower (warm-up)
+            batch_workload(llm, 16)
         plain_runs, spec_runs = [], []
         for _ in range(3):  # alternating sides, median of each: load from others hits both
             plain_tok_s, plain_out = batch_workload(plain, 128)
