@@ -159,7 +159,7 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
         "fp32 linear (matmuls; lm_head too when fp32)": (("linear",), False),
         "quantized GEMV kernel (Q4_1 layers, Q8_0 lm_head)": (("q4_1_linear", "q8_0_linear"), False),
         "dequantize for large batches": (("q4_1_dequantize", "q8_0_dequantize"), False),
-        "paged attention (torch)": (("paged_attention",), True),
+        "paged attention (C++ kernel on CPU fp32, else torch)": (("paged_attention",), True),
         "rms norm / rotary / activation": (("rms_norm", "rotary", "silu_and_mul", "_rotate"), False),
         "kv write": (("store_kv",), True),
         "logits (lm_head)": (("compute_logits",), True),
