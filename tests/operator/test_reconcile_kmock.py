@@ -33,6 +33,7 @@ from shoal.operator.kube import (
 )
 from shoal.operator.status import Rollout, workload_conditions
 from support.api import Api, OperatorProcess, condition, wait_for
+from support.custom_resources import pool, router
 from support.kmock_cluster import KmockCluster
 
 pytestmark = pytest.mark.integration
@@ -86,16 +87,6 @@ def operator(cluster: KmockCluster, api: Api, tmp_path_factory: pytest.TempPathF
     op.start()
     yield op
     op.stop()
-
-
-def pool(name: str, **spec: Any) -> dict[str, Any]:
-    base = {"model": {"uri": "bundled:smollm2-135m-instruct", "servedModelName": f"{name}-model"}, "replicas": 1}
-    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelPool", "metadata": {"name": name},
-            "spec": {**base, **spec}}  # fmt: skip
-
-
-def router(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "Router", "metadata": {"name": name}, "spec": spec}
 
 
 def pool_and_router(api: Api, ns: str, **pool_spec: Any) -> None:
