@@ -51,7 +51,16 @@ TEXTS = [
     "Northgate and costs ten dollars a year for everyone else. The head librarian said the library lends more "
     "than three thousand books every month, mostly novels, cookbooks and travel guides.",
 ]
-CODE = [
+CODE = [  # config modules: the bundled model applies a one-value edit and copies the rest of the file
+    'import os\n\nQUEUE = "orders"\nBATCH_SIZE = 32\nPOLL_SECONDS = 5\nMAX_ATTEMPTS = 4\nOUTPUT_DIR = "/tmp/orders"\n\n\n'
+    'def queue_url():\n    host = os.environ.get("QUEUE_HOST", "localhost")\n    return f"amqp://{host}:5672/{QUEUE}"\n\n\n'
+    'def output_file(order_id):\n    return os.path.join(OUTPUT_DIR, f"{order_id}.json")\n',
+    'import os\n\nHOST = "0.0.0.0"\nPORT = 8080\nTIMEOUT = 30\nRETRIES = 3\nLOG_LEVEL = "info"\n\n\n'
+    'def database_url():\n    user = os.environ.get("DB_USER", "app")\n    password = os.environ.get("DB_PASSWORD", "")\n'
+    '    return f"postgres://{user}:{password}@localhost:5432/app"\n\n\ndef server_address():\n    return f"{HOST}:{PORT}"\n',
+]
+EDITS = ["Change BATCH_SIZE to 64.", "Change PORT to 9090."]
+FUNCTIONS = [  # a rename in plain functions: the bundled model rewrites the functions instead (see the report)
     "def total_price(items, tax_rate):\n    subtotal = 0\n    for item in items:\n        subtotal += item.price * "
     "item.quantity\n    tax = subtotal * tax_rate\n    return subtotal + tax\n\n\ndef cheapest(items):\n    best = "
     "None\n    for item in items:\n        if best is None or item.price < best.price:\n            best = item\n    "
@@ -66,19 +75,21 @@ CHAT = ["Write a short story about a dragon who learns to cook.", "Tell me about
 
 
 def tasks(variant: int) -> dict[str, list[dict[str, str]]]:
-    text, code, (old, new) = TEXTS[variant], CODE[variant], RENAMES[variant]
+    text, code, functions, (old, new) = TEXTS[variant], CODE[variant], FUNCTIONS[variant], RENAMES[variant]
     first_answer = text.split(". ")[0] + ". " + text.split(". ")[1] + "."
     return {
         "extract": [{"role": "user", "content": f"Text:\n{text}\n\nCopy the sentences of the text that contain a "
                                                  "number, word for word, one per line."}],
-        "code-edit": [{"role": "user", "content": f"```python\n{code}```\nRename the variable `{old}` to `{new}` "
-                                                   "everywhere. Reply with the whole edited file only."}],
+        "code-edit": [{"role": "user", "content": f"```python\n{code}```\n{EDITS[variant]} Reply with the whole "
+                                                   "edited file."}],
         "multi-turn": [
             {"role": "user", "content": f"Text:\n{text}\n\nWhat are the first two sentences of the text?"},
             {"role": "assistant", "content": first_answer},
             {"role": "user", "content": "Repeat them exactly, then add the third sentence of the text."},
         ],
         "open-chat": [{"role": "user", "content": CHAT[variant]}],
+        "code-rename": [{"role": "user", "content": f"```python\n{functions}```\nRename the variable `{old}` to "
+                                                     f"`{new}` everywhere. Reply with the whole edited file only."}],
     }  # fmt: skip
 
 
@@ -217,11 +228,12 @@ def main() -> None:
             spec_runs.append(spec_tok_s)
         batch = (statistics.median(plain_runs), statistics.median(spec_runs))
         print(f"batch-64 plain {batch[0]:.1f} tok/s  spec {batch[1]:.1f} tok/s  {batch[1] / batch[0]:.2f}x")
-    write_report(rows, batch, identical, max_tokens, args, costs)
+    outputs = {row.task: plain.tokenizer.decode(row.plain[0].tokens) for row in rows}
+    write_report(rows, batch, identical, max_tokens, args, costs, outputs)
 
 
 def write_report(rows: list[Row], batch: tuple[float, float] | None, identical: bool, max_tokens: int,
-                 args: argparse.Namespace, costs: dict[int, float]) -> None:  # fmt: skip
+                 args: argparse.Namespace, costs: dict[int, float], outputs: dict[str, str]) -> None:  # fmt: skip
     cfg = SpeculationConfig()
     lines = [
         "# Speculative decoding (trie drafter), batch 1, CPU",
@@ -269,7 +281,16 @@ def write_report(rows: list[Row], batch: tuple[float, float] | None, identical: 
         "accepted / drafted tokens; mean accepted length = tokens emitted per verified draft (accepted + the "
         "model's own), over all runs of the side. The batch workload drafts almost never (64 decodes > "
         f"{cfg.max_batch_size}), so its ratio shows the run-to-run noise of these shared cores.",
+        "",
+        "code-edit: a config module and a one-value change (\"Change BATCH_SIZE to 64.\"); the model applies it "
+        "and copies the rest of the file. code-rename: renaming a variable in two plain functions (the earlier "
+        "code-edit task); the bundled 135M model does not rename, it rewrites the functions, so its output repeats "
+        "little of its input: shown for what it is, not counted as a repetitive task.",
+        "",
+        "## Outputs (greedy, identical on every side)",
     ]
+    for task, text in outputs.items():
+        lines += ["", f"### {task}", "", "````", text, "````"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"speculation{'-quick' if args.quick else ''}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
