@@ -8,9 +8,10 @@ FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/shoal PATH=/opt/shoal/bin:$PATH
-# Triton compiles its GPU launcher with the system C compiler and Python headers at run time.
+# Triton compiles its GPU launcher with the system C compiler and Python headers at run time; on CPU the
+# engine builds its C++ kernels (quantized GEMV, paged attention) with g++ on first use (cached).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ libc6-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/shoal
 
