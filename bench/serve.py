@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -35,16 +35,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/loadgen, also under PYTHONSAFEPATH
 
-from loadgen.client import RequestResult, send_plain, send_streaming
+from loadgen.client import send_plain, send_streaming
+from loadgen.phases import multi_turn, open_loop
 from loadgen.report import Overhead, attribution, machine, overhead_section, plot, summary_table
 from loadgen.stats import RunSummary, Slo, percentile, summarize
 from loadgen.workload import (
     LengthDist,
     RequestSpec,
     arrival_gaps,
-    chat_turn,
     completion_requests,
-    conversations,
 )
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -140,64 +139,6 @@ def scrape(url: str) -> dict[str, float]:
         for sample in family.samples:
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
-
-
-# ---------------------------------------------------------------- phases
-
-
-async def open_loop(
-    url: str,
-    specs: Sequence[RequestSpec],
-    gaps: Sequence[float],
-    advance: Callable[[], None],
-    send: Callable[[httpx.AsyncClient, RequestSpec], Any] = send_streaming,
-) -> tuple[list[RequestResult], float]:
-    """Send ``specs`` at the given arrival gaps (open loop); returns results and the run's wall time."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600), limits=limits) as client:
-
-        async def one(spec: RequestSpec) -> RequestResult:
-            result: RequestResult = await send(client, spec)
-            advance()
-            return result
-
-        tasks = []
-        start = time.perf_counter()
-        target = start
-        for spec, gap in zip(specs, gaps, strict=True):
-            target += gap
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(spec)))
-        results = list(await asyncio.gather(*tasks))
-        return results, time.perf_counter() - start
-
-
-async def multi_turn(
-    url: str, model: str, args: argparse.Namespace, rng: random.Random, advance: Callable[[], None]
-) -> tuple[list[RequestResult], float]:
-    convs = conversations(args.conversations, args.turns, args.prompt_len, args.output_len, rng)
-    gaps = arrival_gaps(len(convs), args.conversation_rate, args.arrival, args.burstiness, rng)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600)) as client:
-
-        async def run(conv: Any, delay: float) -> list[RequestResult]:
-            await asyncio.sleep(delay)
-            history: list[dict[str, str]] = []
-            results = []
-            for turn, (text, out_len) in enumerate(zip(conv.user_turns, conv.output_lens, strict=True)):
-                history.append({"role": "user", "content": text})
-                result = await send_streaming(client, chat_turn(model, list(history), out_len, conv.program_id), turn)
-                results.append(result)
-                advance()
-                history.append({"role": "assistant", "content": result.text or "ok"})
-            await client.post(f"/v1/programs/{conv.program_id}/release")
-            return results
-
-        start = time.perf_counter()
-        offsets = [sum(gaps[: i + 1]) for i in range(len(gaps))]
-        nested = await asyncio.gather(*(run(c, d) for c, d in zip(convs, offsets, strict=True)))
-        return [r for rs in nested for r in rs], time.perf_counter() - start
 
 
 def load_offline(args: argparse.Namespace) -> Any:
