@@ -16,6 +16,7 @@ from shoal.engine.attention_context import AttentionContext
 from shoal.engine.config import EngineConfig
 from shoal.engine.cuda_graph import DecodeCudaGraphs
 from shoal.engine.kernels import get_backend
+from shoal.engine.kernels.cpu.batch_matmul import resolve_batch_matmul
 from shoal.engine.loader import load_model
 from shoal.engine.machine_defaults import default_kv_cache_bytes
 from shoal.engine.sampler import SampleResult, SamplingRow, sample
@@ -63,6 +64,9 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         loaded = load_model(config.model, self.dtype, self.device, config.weights)
         self.model = loaded.model.eval()
+        batch_gemm = resolve_batch_matmul(config.batch_matmul, self.model.uses_quantized_weights)
+        if batch_gemm is not None:
+            self.model.use_packed_batch_gemm(*batch_gemm)
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
@@ -81,9 +85,10 @@ class ModelRunner:
             for _ in range(mc.num_layers)
         ]
         logger.info(
-            "engine settings: device=%s dtype=%s weights=%s threads=%d kv_pool=%d blocks (%d tokens, %.2f GiB)%s "
+            "engine settings: device=%s dtype=%s weights=%s batch_matmul=%s threads=%d kv_pool=%d blocks (%d tokens, %.2f GiB)%s "
             "step_budget=%d tokens max_num_seqs=%d",
             self.device, self.dtype, "native" if self.model.uses_quantized_weights else "fp32",
+            "torch" if batch_gemm is None else f"oneDNN layers {batch_gemm[0]} head {batch_gemm[1]}",
             torch.get_num_threads(), self.num_blocks, self.num_blocks * self.block_size,
             self.num_blocks * self._block_bytes() / (1 << 30), "" if config.kv_cache_memory_gb or config.num_kv_blocks
             else " sized from the machine", config.max_num_batched_tokens, config.max_num_seqs,

@@ -21,6 +21,7 @@ from torch import nn
 
 from shoal.engine.attention_context import AttentionContext
 from shoal.engine.kernels.backend import KernelBackend
+from shoal.engine.kernels.cpu.batch_matmul import pack_weight, packed_linear
 from shoal.engine.kernels.cpu.quant_linear import KERNEL_MAX_ROWS, QuantizedWeight, quant_linear
 from shoal.engine.loader.errors import ModelLoadError
 from shoal.engine.model_config import ModelConfig
@@ -47,13 +48,15 @@ class Linear(nn.Module):
         self.weight = factory.param(out_features, in_features)
         self.bias = factory.param(out_features) if bias else None
         self.quantized: QuantizedWeight | None = None
-        """Set by ``use_quantized_weights``: inputs of up to ``KERNEL_MAX_ROWS`` rows are computed
-        from these blocks; larger ones use the fp32 ``weight`` (kept: torch's GEMM is faster there
-        than dequantizing per call, measured at batch 64)."""
+        """Set by ``use_quantized_weights``: up to ``KERNEL_MAX_ROWS`` rows are computed from these
+        blocks; more use ``weight`` (a GEMM beats dequantizing per call), maybe packed for oneDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized is not None and x.numel() <= KERNEL_MAX_ROWS * self.quantized.in_features:
-            return quant_linear(x, self.quantized, self.bias)
+        if self.quantized is not None:
+            if x.numel() <= KERNEL_MAX_ROWS * self.quantized.in_features:
+                return quant_linear(x, self.quantized, self.bias)
+            if self.weight.is_mkldnn:  # packed by LlamaForCausalLM.use_packed_batch_gemm
+                return packed_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def quantize_(self, quantized: QuantizedWeight) -> None:
@@ -205,6 +208,8 @@ class LlamaForCausalLM(nn.Module):
         # Not a buffer: it must stay fp32 whatever dtype the model is cast to, and survive `to_empty`.
         self._cos_sin_cache: torch.Tensor | None = None
         self._quantized_lm_head: QuantizedWeight | None = None
+        self._gemm_lm_head: torch.Tensor | None = None
+        self.batch_gemm: tuple[torch.dtype, torch.dtype] | None = None  # see use_packed_batch_gemm
 
     @property
     def cos_sin_cache(self) -> torch.Tensor:
@@ -232,12 +237,14 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, vocab]`` float32 logits for the selected hidden states ``[N, hidden]``."""
-        # Past the kernel's rows the fp32 head (or tied embedding) is faster.
         head = self._quantized_lm_head
         if head is not None and hidden.shape[0] <= KERNEL_MAX_ROWS:
             return quant_linear(hidden.float(), head)
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is not None:  # past the kernel's rows: a GEMM (see Linear.forward)
+            return self.lm_head(hidden).float()
+        if self._gemm_lm_head is not None:
+            return packed_linear(hidden, self._gemm_lm_head)
+        return F.linear(hidden, self.model.embed_tokens.weight).float()
 
     @property
     def uses_quantized_weights(self) -> bool:
@@ -280,6 +287,22 @@ class LlamaForCausalLM(nn.Module):
             self._quantized_lm_head = head
             switched += 1
         return switched
+
+    @torch.no_grad()
+    def use_packed_batch_gemm(self, layers: torch.dtype, head: torch.dtype) -> None:
+        """Past ``KERNEL_MAX_ROWS`` rows, quantized layers and head run oneDNN's GEMM in these dtypes
+        (``packed_linear``) on weights packed here, replacing their fp32 copies. A tied head shares
+        the embedding's fp32 table in float32 (unpacked) and gets a packed copy in bfloat16."""
+        if self.batch_gemm is not None or not self.uses_quantized_weights:
+            raise ModelLoadError("use_packed_batch_gemm: call once, after use_quantized_weights switched layers")
+        for name, module in self.named_modules():
+            if isinstance(module, Linear) and module.quantized is not None:
+                dtype = head if name == "lm_head" else layers
+                module.weight = nn.Parameter(pack_weight(module.weight, dtype), requires_grad=False)
+        if self._quantized_lm_head is not None and self.lm_head is None:  # an untied head is a Linear
+            table = self.model.embed_tokens.weight
+            self._gemm_lm_head = table.detach() if head == torch.float32 else pack_weight(table, head)
+        self.batch_gemm = (layers, head)
 
     @torch.no_grad()
     def random_init_(self, std: float = 0.02, seed: int | None = 0) -> LlamaForCausalLM:
