@@ -46,10 +46,11 @@ def test_linear_matches_reference(qtype: str, rows: int) -> None:
 
 @pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, KERNEL_MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 11, KERNEL_MAX_ROWS, 21])
 @pytest.mark.parametrize("out_features", [1, 37, 300])
 def test_each_instruction_set_matches_reference(avx512: bool, qtype: str, rows: int, out_features: int) -> None:
-    """Both code paths (the CPU picks one), odd output sizes (the 2-row tiles' tail) and thread chunks."""
+    """Both code paths (the CPU picks one), every tile shape (up to 10 rows in one pass, more in
+    several), odd output sizes (the tiles' tails) and thread chunks."""
     kernels = quant_kernels()
     if avx512 and not kernels.has_avx512():
         pytest.skip("this CPU has no AVX-512")
@@ -58,6 +59,25 @@ def test_each_instruction_set_matches_reference(avx512: bool, qtype: str, rows: 
     y = getattr(kernels, f"{qtype.lower()}_linear")(x, weight.blocks, 160, avx512=avx512)
     scale = (x.abs() @ reference_dequantize(weight).abs().T).max().item()
     torch.testing.assert_close(y, reference_linear(x, weight), rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_a_row_gives_the_same_bits_whatever_else_is_in_the_call(avx512: bool, qtype: str) -> None:
+    """Speculative decoding is lossless only if a row's output does not depend on how many rows
+    share the call or where the row sits in it: a 1-row decode and the same row inside a 9-row
+    verify must agree bit for bit. Every call size 1..17 at every offset."""
+    kernels = quant_kernels()
+    if avx512 and not kernels.has_avx512():
+        pytest.skip("this CPU has no AVX-512")
+    weight = random_blocks(qtype, 75, 160, seed=7)  # odd: the 4- and 2-wide tiles leave tails
+    x = torch.randn(17, 160, generator=torch.Generator().manual_seed(3))
+    linear = getattr(kernels, f"{qtype.lower()}_linear")
+    alone = torch.cat([linear(x[i : i + 1], weight.blocks, 160, avx512=avx512) for i in range(17)])
+    for rows in range(1, 18):
+        for start in range(17 - rows + 1):
+            together = linear(x[start : start + rows], weight.blocks, 160, avx512=avx512)
+            assert torch.equal(together, alone[start : start + rows]), f"{rows} rows from row {start}"
 
 
 def test_results_do_not_depend_on_the_thread_count() -> None:

@@ -1,6 +1,7 @@
 // y = x @ W^T straight from GGUF Q4_1 / Q8_0 blocks: each block of 32 weights is dequantized in
-// registers (d * q + m, the same values the fp32 loader produces) and used for every row of x, so
-// the weights are read once per call at 5 (Q4_1) or 8.5 (Q8_0) bits per weight. AVX-512 where the
+// registers (d * q + m, the same values the fp32 loader produces) and used for up to 10 rows of x
+// (AVX-512; 4 on AVX2), so the weights are read from memory once per call at 5 (Q4_1) or 8.5 (Q8_0)
+// bits per weight (further passes over more rows find them in L2). AVX-512 where the
 // CPU has it (half the instructions per block), else AVX2. Rows of W are split over a small spinning
 // thread pool: waking OpenMP threads under OMP_WAIT_POLICY=PASSIVE (the engine's setting) costs
 // ~45 us per call, more than a whole 576x576 GEMV.
@@ -10,6 +11,7 @@
 #include <sched.h>
 #include <unistd.h>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -24,7 +27,7 @@ namespace {
 constexpr int64_t kBlock = 32;
 constexpr int64_t kQ41Bytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
 constexpr int64_t kQ80Bytes = 34;  // f16 d, 32 int8
-constexpr int64_t kRowTile = 4;    // rows of x sharing one dequantized block
+constexpr int64_t kRowTile = 4;    // AVX2: rows of x sharing one dequantized block
 
 // ---- thread pool -------------------------------------------------------------------------------
 
@@ -229,7 +232,6 @@ void rows_avx2(const uint8_t* wp, const float* xp, float* yp, int64_t rows, int6
 
 struct Q41x16 {
   static constexpr int64_t bytes = kQ41Bytes;
-  static constexpr int columns = 2;
   static inline void load(const uint8_t* b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(f16(b));
     const __m512 m = _mm512_set1_ps(f16(b + 2));
@@ -241,7 +243,6 @@ struct Q41x16 {
 
 struct Q80x16 {
   static constexpr int64_t bytes = kQ80Bytes;
-  static constexpr int columns = 1;
   static inline void load(const uint8_t* b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(f16(b));
     for (int k = 0; k < 2; ++k) {
@@ -251,55 +252,75 @@ struct Q80x16 {
   }
 };
 
-// C rows of W against R rows of x; the low and high 16 weights of a block accumulate apart so
-// each accumulator waits on one FMA per block.
+// C rows of W against R rows of x with one accumulator per (row of x, row of W), which sums the
+// block products in block order: an output's value does not depend on R, C or the row's place in
+// the call, so a row decoded alone and the same row inside a multi-row verify agree bit for bit.
+// Each block is dequantized once for all R rows. The rows kPrefetchTiles tiles ahead are prefetched
+// as the tile reads its own: the hardware prefetcher loses track of several interleaved W rows
+// (3x slower for Q8_0 at C = 2 or 4 on Zen 5 without it).
+constexpr int64_t kPrefetchTiles = 4;
+
 template <typename Q, int R, int C>
 inline void tile512(const uint8_t* wrow, int64_t row_bytes, const float* x, int64_t ldx, int64_t nb, float* out,
                     int64_t ldo) {
-  __m512 lo[C][R], hi[C][R];
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) lo[c][r] = hi[c][r] = _mm512_setzero_ps();
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  const uint8_t* ahead = wrow + C * kPrefetchTiles * row_bytes;
   __m512 w[C][2];
   for (int64_t b = 0; b < nb; ++b) {
-    for (int c = 0; c < C; ++c) Q::load(wrow + c * row_bytes + b * Q::bytes, w[c]);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x0 = _mm512_loadu_ps(x + r * ldx + b * kBlock);
-      const __m512 x1 = _mm512_loadu_ps(x + r * ldx + b * kBlock + 16);
-      for (int c = 0; c < C; ++c) {
-        lo[c][r] = _mm512_fmadd_ps(w[c][0], x0, lo[c][r]);
-        hi[c][r] = _mm512_fmadd_ps(w[c][1], x1, hi[c][r]);
-      }
+    for (int c = 0; c < C; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + c * row_bytes + b * Q::bytes), _MM_HINT_T0);
+      Q::load(wrow + c * row_bytes + b * Q::bytes, w[c]);
     }
+    for (int k = 0; k < 2; ++k)
+      for (int r = 0; r < R; ++r) {
+        const __m512 xv = _mm512_loadu_ps(x + r * ldx + b * kBlock + 16 * k);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(w[c][k], xv, acc[r][c]);
+      }
   }
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) out[r * ldo + c] = _mm512_reduce_add_ps(_mm512_add_ps(lo[c][r], hi[c][r]));
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r * ldo + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-template <typename Q, int C>
-inline void column512(const uint8_t* wrow, int64_t row_bytes, const float* xp, float* yp, int64_t rows, int64_t n,
-                      int64_t in_features) {
+// Up to kMaxTileRows rows of x go through W in one pass; more take several balanced passes (two
+// passes of 8 rows beat one of 16: 16 accumulators of one W row reload x for every FMA, and x
+// stops fitting in L1). Tile widths measured on Zen 5: 4 W rows up to 6 rows of x, else 2.
+constexpr int64_t kMaxTileRows = 10;
+constexpr int columns_for(int rows) { return rows <= 6 ? 4 : 2; }
+constexpr int64_t kPassColumns = 64;  // W rows per sweep of the passes: stays in L2 between passes
+
+template <typename Q, int R>
+void pass512(const uint8_t* wp, int64_t row_bytes, const float* x, float* y, int64_t n, int64_t in_features,
+             int64_t begin, int64_t end) {
+  constexpr int C = columns_for(R);
   const int64_t nb = in_features / kBlock;
-  int64_t r = 0;
-  for (; r + kRowTile <= rows; r += kRowTile)
-    tile512<Q, kRowTile, C>(wrow, row_bytes, xp + r * in_features, in_features, nb, yp + r * n, n);
-  const float* xr = xp + r * in_features;
-  float* yr = yp + r * n;
-  switch (rows - r) {
-    case 3: tile512<Q, 3, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
-    case 2: tile512<Q, 2, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
-    case 1: tile512<Q, 1, C>(wrow, row_bytes, xr, in_features, nb, yr, n); break;
-    default: break;
-  }
+  int64_t o = begin;
+  for (; o + C <= end; o += C) tile512<Q, R, C>(wp + o * row_bytes, row_bytes, x, in_features, nb, y + o, n);
+  for (; o < end; ++o) tile512<Q, R, 1>(wp + o * row_bytes, row_bytes, x, in_features, nb, y + o, n);
+}
+
+using Pass = void (*)(const uint8_t*, int64_t, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+
+template <typename Q, int... Rs>
+constexpr std::array<Pass, sizeof...(Rs)> passes512(std::integer_sequence<int, Rs...>) {
+  return {&pass512<Q, Rs + 1>...};
 }
 
 template <typename Q>
 void rows_avx512(const uint8_t* wp, const float* xp, float* yp, int64_t rows, int64_t n, int64_t in_features,
                  int64_t begin, int64_t end) {
+  static constexpr auto kPasses = passes512<Q>(std::make_integer_sequence<int, kMaxTileRows>{});
   const int64_t row_bytes = in_features / kBlock * Q::bytes;
-  int64_t o = begin;
-  if (Q::columns == 2)
-    for (; o + 2 <= end; o += 2) column512<Q, 2>(wp + o * row_bytes, row_bytes, xp, yp + o, rows, n, in_features);
-  for (; o < end; ++o) column512<Q, 1>(wp + o * row_bytes, row_bytes, xp, yp + o, rows, n, in_features);
+  const int64_t tiles = (rows + kMaxTileRows - 1) / kMaxTileRows;
+  for (int64_t o = begin; o < end; o += kPassColumns) {
+    const int64_t stop = std::min(end, o + kPassColumns);
+    for (int64_t t = 0, r = 0; t < tiles; ++t) {
+      const int64_t tile_rows = (rows - r) / (tiles - t);  // balanced: 16 rows -> 8 + 8
+      kPasses[tile_rows - 1](wp, row_bytes, xp + r * in_features, yp + r * n, n, in_features, o, stop);
+      r += tile_rows;
+    }
+  }
 }
 
 #pragma GCC pop_options
@@ -333,8 +354,8 @@ torch::Tensor gemv(const torch::Tensor& x_in, const torch::Tensor& blocks, int64
   const float* xp = x.data_ptr<float>();
   const uint8_t* wp = blocks.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
-  // about 8 chunks per thread (load balance when a core is shared), even-sized for the 2-row tiles
-  const int64_t chunk = std::max<int64_t>(16, (n / (8 * at::get_num_threads()) + 1) & ~int64_t{1});
+  // about 8 chunks per thread (load balance when a core is shared), a multiple of the 4-row tiles
+  const int64_t chunk = std::max<int64_t>(16, (n / (8 * at::get_num_threads()) + 3) & ~int64_t{3});
   auto body = [&](int64_t c) {
     const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
     if (avx512) rows_avx512<Q512>(wp, xp, yp, rows, n, in_features, begin, end);
