@@ -4,10 +4,13 @@
 interactive rows: batch 1 (the first 8 prompts one after another) and decode-only (a short prompt,
 256 tokens). Shoal runs with its default settings (weights computed from the GGUF's Q4_1 blocks);
 its fp32 path (``weights=dequantized``) runs the batch-1 row too, for the speed-up and the greedy
-agreement of the two. Each configuration runs in its own process so its peak RSS is its own.
-Writes ``bench/results/offline-cpu.md`` (machine, command, defaults chosen, figures, profiles).
+agreement of the two. The 64-prompt batch also runs with ``batch_matmul=bfloat16`` (its GEMMs in
+bf16), and transformers runs it in fp32 and in bf16 (the headline takes the best of both). Each
+configuration runs in its own process so its peak RSS is its own. Writes
+``bench/results/offline-cpu.md`` (machine, command, defaults chosen, figures, profiles).
 
-    python bench/offline.py                 # the full benchmark (~10 min on 2 cores)
+    python bench/offline.py                 # the full benchmark (~12 min on 2 cores)
+    python bench/offline.py --only batch    # the batch rows only (--only interactive: the others)
     python bench/offline.py --quick         # a smoke run (tiny workload)
 """
 
@@ -46,7 +49,8 @@ def make_prompts(num: int, seed: int = 0) -> list[list[dict[str, str]]]:
 def run_shoal(args: argparse.Namespace) -> dict:
     from shoal.engine import LLM, SamplingParams
 
-    llm = LLM(MODEL, weights=args.weights)  # default engine settings: sized from the machine
+    # Default engine settings (sized from the machine); --variant: a batch_matmul other than the default.
+    llm = LLM(MODEL, weights=args.weights, **({} if args.variant == "default" else {"batch_matmul": args.variant}))
     chats = make_prompts(args.num_prompts)
     ids = [llm.tokenizer.encode_chat(c) for c in chats]
     # Warm-up on a prompt outside the workload (a workload prompt would then hit the prefix cache).
@@ -65,7 +69,7 @@ def run_shoal(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - start
     engine = llm.engine
     out = {
-        "name": f"shoal-{args.mode}" + ("" if args.weights == "auto" else f"-{args.weights}"),
+        "name": f"shoal-{args.mode}" + "".join(f"-{v}" for v in (args.weights, args.variant) if v not in ("auto", "default")),
         "elapsed_s": elapsed,
         "output_tokens": sum(len(r.token_ids) for r in results),
         "prompt_tokens": sum(len(g) for group, _ in groups for g in group),
@@ -74,6 +78,8 @@ def run_shoal(args: argparse.Namespace) -> dict:
         "preemptions": engine.stats().num_preemptions,
         "defaults": {
             "weights": "native" if engine.runner.model.model.layers[0].mlp.down_proj.quantized is not None else "fp32",
+            "batch_matmul": engine.config.batch_matmul,
+            "batch_gemm": str(engine.runner.model.batch_gemm).removeprefix("torch."),
             "kv_pool_blocks": engine.num_blocks,
             "kv_pool_tokens": engine.num_blocks * engine.block_size,
             "max_num_batched_tokens": engine.scheduler.config.max_num_batched_tokens,
@@ -113,7 +119,8 @@ def run_hf(args: argparse.Namespace) -> dict:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    dtype = torch.bfloat16 if args.variant == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
     chats = make_prompts(args.num_prompts)
     max_tokens, batch = args.max_tokens, args.batch
     if args.mode == "single":
@@ -144,7 +151,8 @@ def run_hf(args: argparse.Namespace) -> dict:
                 first = [row[:8].tolist() for row in new[:4]]
         elapsed = time.perf_counter() - start
     return {
-        "name": {"batch": f"transformers-b{batch}", "single": "transformers-single", "decode": "transformers-decode"}[args.mode],
+        "name": {"batch": f"transformers-b{batch}", "single": "transformers-single", "decode": "transformers-decode"}[args.mode]
+        + ("-bf16" if dtype == torch.bfloat16 else ""),
         "elapsed_s": elapsed,
         "output_tokens": output_tokens,
         "prompt_tokens": prompt_tokens,
@@ -156,7 +164,8 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
     stats = pstats.Stats(profiler, stream=io.StringIO())
     # (function names, count their callees too): leaf ops by own time, composite steps by cumulative time
     buckets: dict[str, tuple[tuple[str, ...], bool]] = {
-        "fp32 linear (matmuls; lm_head too when fp32)": (("linear",), False),
+        "torch linear (fp32 MKL; dequantized path)": (("linear",), False),
+        "oneDNN GEMMs on packed weights past 16 rows (lm_head too)": (("packed_linear",), True),
         "quantized GEMV kernel (Q4_1 layers, Q8_0 lm_head)": (("q4_1_linear", "q8_0_linear"), False),
         "dequantize for large batches": (("q4_1_dequantize", "q8_0_dequantize"), False),
         "paged attention (C++ kernel on CPU fp32, else torch)": (("paged_attention",), True),
@@ -178,7 +187,8 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
 def run_worker(kind: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--batch", str(args.batch), "--num-prompts", str(args.num_prompts),
            "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--mode", args.mode,
-           "--weights", args.weights, "--single-prompts", str(args.single_prompts), "--decode-tokens", str(args.decode_tokens)]
+           "--weights", args.weights, "--variant", args.variant, "--single-prompts", str(args.single_prompts),
+           "--decode-tokens", str(args.decode_tokens)]
     if args.profile:
         cmd.append("--profile")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -198,13 +208,14 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=256, help="tokens of the decode-only row")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the plan this many times, alternating engines; each row keeps its fastest run")
-    parser.add_argument("--only", choices=["all", "interactive"], default="all",
-                        help="interactive: only the batch-1 and decode-only rows")
+    parser.add_argument("--only", choices=["all", "interactive", "batch"], default="all",
+                        help="interactive: only the batch-1 and decode-only rows; batch: only the batch rows")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (8 prompts, 16 tokens)")
     parser.add_argument("--output", default=str(RESULTS / "offline-cpu.md"))
     parser.add_argument("--worker", choices=["shoal", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["batch", "batch-profile", "single", "decode", "profile"], default="batch", help=argparse.SUPPRESS)
     parser.add_argument("--weights", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)  # shoal: batch_matmul; hf: dtype
     parser.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -215,8 +226,8 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    if args.only == "interactive" and args.output == str(RESULTS / "offline-cpu.md"):
-        args.output = str(RESULTS / "offline-cpu-interactive.md")
+    if args.only != "all" and args.output == str(RESULTS / "offline-cpu.md"):
+        args.output = str(RESULTS / f"offline-cpu-{args.only}.md")
     if args.quick:
         args.num_prompts, args.max_tokens, args.batches = 8, 16, "4,8"
         args.single_prompts, args.decode_tokens = 2, 32
@@ -225,26 +236,27 @@ def main() -> int:
     from rich.console import Console
 
     console = Console()
-    plan: list[tuple[str, str, str, int, bool]] = [  # (worker, mode, weights, batch, profile)
-        ("shoal", "single", "auto", 1, False),
-        ("shoal", "profile", "auto", 1, True),
-        ("shoal", "single", "dequantized", 1, False),
-        ("hf", "single", "auto", 1, False),
-        ("shoal", "decode", "auto", 1, False),
-        ("hf", "decode", "auto", 1, False),
-        ("shoal", "batch", "auto", 1, False),
-        ("shoal", "batch-profile", "auto", 1, True),
-        ("shoal", "batch", "dequantized", 1, False),
-        *[("hf", "batch", "auto", int(b), False) for b in args.batches.split(",")],
+    plan: list[tuple[str, str, str, str, int, bool]] = [  # (worker, mode, weights, variant, batch, profile)
+        ("shoal", "single", "auto", "default", 1, False),
+        ("shoal", "profile", "auto", "default", 1, True),
+        ("shoal", "single", "dequantized", "default", 1, False),
+        ("hf", "single", "auto", "default", 1, False),
+        ("shoal", "decode", "auto", "default", 1, False),
+        ("hf", "decode", "auto", "default", 1, False),
+        ("shoal", "batch", "auto", "default", 1, False),
+        ("shoal", "batch-profile", "auto", "default", 1, True),
+        ("shoal", "batch", "auto", "bfloat16", 1, False),
+        ("shoal", "batch", "dequantized", "default", 1, False),
+        *[("hf", "batch", "auto", dtype, int(b), False) for b in args.batches.split(",") for dtype in ("default", "bfloat16")],
     ]
-    if args.only == "interactive":
-        plan = [p for p in plan if not p[1].startswith("batch")]
+    if args.only != "all":
+        plan = [p for p in plan if p[1].startswith("batch") == (args.only == "batch")]
     rows: dict[str, dict] = {}
     with console.status("benchmarking...") as status:
         for _ in range(args.repeats):
-            for worker, mode, weights, batch, profile in plan:
-                status.update(f"running {worker} {mode} {weights} b{batch}...")
-                args.mode, args.weights, args.batch, args.profile = mode, weights, batch, profile
+            for worker, mode, weights, variant, batch, profile in plan:
+                status.update(f"running {worker} {mode} {weights} {variant} b{batch}...")
+                args.mode, args.weights, args.variant, args.batch, args.profile = mode, weights, variant, batch, profile
                 row = run_worker(worker, args)
                 row["tok_s"] = row["output_tokens"] / row["elapsed_s"]
                 console.print(f"{row['name']}: {row['tok_s']:.1f} tok/s")
@@ -266,17 +278,26 @@ def _prefix(a: list[int], b: list[int]) -> int:
 
 
 def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
-    single, single_fp32 = rows["shoal-single"], rows["shoal-single-dequantized"]
-    batch_rows = [r for name, r in rows.items() if name.startswith("transformers-b")]
-    best_hf = max(batch_rows, key=lambda r: r["tok_s"]) if batch_rows else None
+    single, single_fp32 = rows.get("shoal-single"), rows.get("shoal-single-dequantized")
+    hf_batches = [r for name, r in rows.items() if name.startswith("transformers-b")]
+    best_hf = max(hf_batches, key=lambda r: r["tok_s"]) if hf_batches else None
+    hf_fp32 = [r for r in hf_batches if not r["name"].endswith("-bf16")]
+    best_hf_fp32 = max(hf_fp32, key=lambda r: r["tok_s"]) if hf_fp32 else None
     batch = rows.get("shoal-batch")
-    agreement = [_prefix(a, b) for a, b in zip(single["token_ids"], single_fp32["token_ids"], strict=True)]
-    comparisons = [
-        (f"batch 1 (first {args.single_prompts} prompts one after another)", single, rows["transformers-single"]),
-        (f"decode-only (short prompt, {args.decode_tokens} tokens)", rows["shoal-decode"], rows["transformers-decode"]),
-    ]
-    if batch is not None and best_hf is not None:
+    comparisons = []
+    if single is not None:
+        comparisons += [
+            (f"batch 1 (first {args.single_prompts} prompts one after another)", single, rows["transformers-single"]),
+            (f"decode-only (short prompt, {args.decode_tokens} tokens)", rows["shoal-decode"], rows["transformers-decode"]),
+        ]
+    if batch is not None and best_hf is not None and best_hf_fp32 is not None:
         comparisons.append((f"{args.num_prompts}-prompt batch vs best transformers batch ({best_hf['name']})", batch, best_hf))
+        if best_hf_fp32 is not best_hf:
+            comparisons.append((f"{args.num_prompts}-prompt batch vs best fp32 transformers batch ({best_hf_fp32['name']})",
+                                batch, best_hf_fp32))  # fmt: skip
+        if "shoal-batch-bfloat16" in rows:
+            comparisons.append((f"{args.num_prompts}-prompt batch, batch_matmul=bfloat16, vs {best_hf['name']}",
+                                rows["shoal-batch-bfloat16"], best_hf))  # fmt: skip
     lines = [
         "# Offline throughput and latency (CPU)",
         "",
@@ -284,10 +305,10 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
         "other processes shared the cores, so absolute figures are noisy: the ratios were measured side by side",
         f"- command: `python bench/offline.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         f"- workload: {args.num_prompts} chat prompts (20-400 prompt tokens), {args.max_tokens} greedy output tokens "
-        f"each; transformers fp32 with {args.threads} threads on the same GGUF",
+        f"each; transformers fp32 (and bf16 for the batch: -bf16 rows) with {args.threads} threads on the same GGUF",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
         "(both engines; `python -m shoal.engine` sets PASSIVE)",
-        f"- Shoal defaults chosen (no tuning flags): {json.dumps((batch or single)['defaults'])}",
+        f"- Shoal defaults chosen (no tuning flags): {json.dumps((batch or single or {}).get('defaults'))}",
         f"- each row is the fastest of {args.repeats} run(s); the engines alternate within a round",
         "",
         "| row | Shoal tok/s | transformers tok/s | Shoal / transformers |",
@@ -302,17 +323,30 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
     ]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['tok_s']:.1f} | {row['elapsed_s']:.1f} | {row['prompt_tokens']} | {row['peak_rss_mb']:.0f} |")
-    lines += [
-        "",
-        f"- Quantized (native Q4_1/Q8_0) vs fp32 weights at batch 1: {single['tok_s'] / single_fp32['tok_s']:.2f}x; "
-        f"greedy prefix agreement per prompt (of {args.max_tokens} tokens): {agreement}",
-    ]
-    if batch is not None and best_hf is not None:
+    lines.append("")
+    if single is not None and single_fp32 is not None:
+        agreement = [_prefix(a, b) for a, b in zip(single["token_ids"], single_fp32["token_ids"], strict=True)]
         lines.append(
-            f"- first 8 tokens of 4 prompts identical to {best_hf['name']}: "
-            f"{batch['first_tokens'] == best_hf['first_tokens']}; Shoal preemptions in the batch: {batch.get('preemptions')}"
+            f"- Quantized (native Q4_1/Q8_0) vs fp32 weights at batch 1: {single['tok_s'] / single_fp32['tok_s']:.2f}x; "
+            f"greedy prefix agreement per prompt (of {args.max_tokens} tokens): {agreement}"
         )
-    profiles = [("batch 1 (2 prompts, profiled apart)", rows["shoal-profile"])]
+    reference = rows.get("shoal-batch-dequantized")
+    for name in ("shoal-batch", "shoal-batch-bfloat16"):
+        if name in rows and reference is not None:
+            prefixes = sorted(_prefix(a, b) for a, b in zip(rows[name]["token_ids"], reference["token_ids"], strict=True))
+            lines.append(
+                f"- {name} vs shoal-batch-dequantized (fp32 weights, torch linear), greedy prefix agreement over the "
+                f"{len(prefixes)} prompts (of {args.max_tokens} tokens): all {args.max_tokens} on "
+                f"{sum(p == args.max_tokens for p in prefixes)}, median {prefixes[len(prefixes) // 2]}, min {prefixes[0]}"
+            )
+    if batch is not None and best_hf_fp32 is not None:
+        lines.append(
+            f"- first 8 tokens of 4 prompts identical to {best_hf_fp32['name']}: "
+            f"{batch['first_tokens'] == best_hf_fp32['first_tokens']}; Shoal preemptions in the batch: {batch.get('preemptions')}"
+        )
+    profiles = []
+    if "shoal-profile" in rows:
+        profiles.append(("batch 1 (2 prompts, profiled apart)", rows["shoal-profile"]))
     if "shoal-batch-profile" in rows:
         profiles.append((f"the {args.num_prompts}-prompt batch (profiled apart)", rows["shoal-batch-profile"]))
     for label, row in profiles:
@@ -320,7 +354,6 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
         for part, share in row.get("profile", []):
             lines.append(f"| {part} | {share:.1f} |")
     return lines
-
 
 if __name__ == "__main__":
     sys.exit(main())

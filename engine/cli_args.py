@@ -22,8 +22,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="tokens per step (default: 1024 per core, 1024-8192)")  # fmt: skip
     parser.add_argument("--weights", default="auto", choices=["auto", "native", "dequantized"],
                         help="GGUF Q4_1/Q8_0 weights: computed from their blocks (native, CPU) or as fp32 copies")  # fmt: skip
-    parser.add_argument("--batch-matmul", default="auto", choices=["auto", "float32", "bf16-head", "bfloat16"],
-                        help="native weights, GEMMs of > 16 rows: oneDNN in fp32, bf16 for the LM head (auto where the CPU has bf16), or bf16 throughout")  # fmt: skip
+    parser.add_argument("--batch-matmul", default="float32", choices=["float32", "bfloat16"],
+                        help="native weights, GEMMs of > 16 rows: oneDNN on packed fp32 or bf16 weights (bf16: less exact)")  # fmt: skip
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--no-prefix-caching", action="store_true")

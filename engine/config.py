@@ -46,15 +46,13 @@ class EngineConfig:
     """How GGUF Q4_1/Q8_0 weights are computed: ``native`` (from their quantized blocks with the
     CPU kernels; CPU + float32 only), ``dequantized`` (fp32 copies: the parity reference) or
     ``auto`` (native when the model, device and CPU allow it, else dequantized)."""
-    batch_matmul: str = "auto"
+    batch_matmul: str = "float32"
     """GEMMs of more than ``KERNEL_MAX_ROWS`` (16) rows (prefill chunks, large decode batches) when
-    weights are native run oneDNN on weights packed at load (in place of the fp32 copies):
-    ``float32`` (fp32 numerics; 2-4x torch's MKL ``linear`` on AMD CPUs), ``bf16-head`` (layers
-    fp32, the LM head in bf16: inputs and logits rounded to bf16, fp32 accumulation; ~1.6x faster
-    head), ``bfloat16`` (layers too: faster again, but the rounding compounds over the layers and
-    greedy outputs leave fp32's within a few tokens), ``auto`` (``bf16-head`` where the CPU has a
-    native bf16 GEMM, AVX512_BF16 or AMX, else ``float32``). ``weights=dequantized`` is torch's
-    fp32 ``linear`` throughout (the parity reference) and refuses the bf16 settings."""
+    weights are native run oneDNN on weights packed at load, in place of the fp32 copies:
+    ``float32`` (fp32 numerics; 2-4x torch's MKL ``linear`` on AMD CPUs) or ``bfloat16`` (inputs
+    and outputs rounded to bf16, fp32 accumulation; half the weight memory and faster prefill,
+    but greedy outputs leave fp32's within a few tokens; needs AVX512_BF16 or AMX).
+    ``weights=dequantized`` is torch's fp32 ``linear`` throughout (the parity reference)."""
     max_pinned_blocks_per_tenant: int | None = None
     """KV blocks one tenant's program pins may hold; None = a quarter of the pool. Past it, the
     tenant's oldest pins are released first."""
@@ -82,9 +80,9 @@ class EngineConfig:
             raise ValueError(f"max_retention_s must be in [0, 604800], got {self.max_retention_s}")
         if self.weights not in ("auto", "native", "dequantized"):
             raise ValueError(f"weights must be auto, native or dequantized, got {self.weights!r}")
-        if self.batch_matmul not in ("auto", "float32", "bf16-head", "bfloat16"):
-            raise ValueError(f"batch_matmul must be auto, float32, bf16-head or bfloat16, got {self.batch_matmul!r}")
-        if self.batch_matmul in ("bf16-head", "bfloat16") and self.weights == "dequantized":
-            raise ValueError(f"batch_matmul={self.batch_matmul} needs native weights; dequantized is fp32 throughout")
+        if self.batch_matmul not in ("float32", "bfloat16"):
+            raise ValueError(f"batch_matmul must be float32 or bfloat16, got {self.batch_matmul!r}")
+        if self.batch_matmul == "bfloat16" and self.weights == "dequantized":
+            raise ValueError("batch_matmul=bfloat16 needs native weights; weights=dequantized is fp32 throughout")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")

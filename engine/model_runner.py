@@ -66,7 +66,7 @@ class ModelRunner:
         self.model = loaded.model.eval()
         batch_gemm = resolve_batch_matmul(config.batch_matmul, self.model.uses_quantized_weights)
         if batch_gemm is not None:
-            self.model.use_packed_batch_gemm(*batch_gemm)
+            self.model.use_packed_batch_gemm(batch_gemm)
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
@@ -88,7 +88,7 @@ class ModelRunner:
             "engine settings: device=%s dtype=%s weights=%s batch_matmul=%s threads=%d kv_pool=%d blocks (%d tokens, %.2f GiB)%s "
             "step_budget=%d tokens max_num_seqs=%d",
             self.device, self.dtype, "native" if self.model.uses_quantized_weights else "fp32",
-            "torch" if batch_gemm is None else f"oneDNN layers {batch_gemm[0]} head {batch_gemm[1]}",
+            "torch linear" if batch_gemm is None else f"oneDNN {batch_gemm}",
             torch.get_num_threads(), self.num_blocks, self.num_blocks * self.block_size,
             self.num_blocks * self._block_bytes() / (1 << 30), "" if config.kv_cache_memory_gb or config.num_kv_blocks
             else " sized from the machine", config.max_num_batched_tokens, config.max_num_seqs,

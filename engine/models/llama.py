@@ -209,7 +209,7 @@ class LlamaForCausalLM(nn.Module):
         self._cos_sin_cache: torch.Tensor | None = None
         self._quantized_lm_head: QuantizedWeight | None = None
         self._gemm_lm_head: torch.Tensor | None = None
-        self.batch_gemm: tuple[torch.dtype, torch.dtype] | None = None  # see use_packed_batch_gemm
+        self.batch_gemm: torch.dtype | None = None  # set by use_packed_batch_gemm
 
     @property
     def cos_sin_cache(self) -> torch.Tensor:
@@ -289,20 +289,19 @@ class LlamaForCausalLM(nn.Module):
         return switched
 
     @torch.no_grad()
-    def use_packed_batch_gemm(self, layers: torch.dtype, head: torch.dtype) -> None:
-        """Past ``KERNEL_MAX_ROWS`` rows, quantized layers and head run oneDNN's GEMM in these dtypes
+    def use_packed_batch_gemm(self, dtype: torch.dtype) -> None:
+        """Past ``KERNEL_MAX_ROWS`` rows, quantized layers and head run oneDNN's ``dtype`` GEMM
         (``packed_linear``) on weights packed here, replacing their fp32 copies. A tied head shares
         the embedding's fp32 table in float32 (unpacked) and gets a packed copy in bfloat16."""
         if self.batch_gemm is not None or not self.uses_quantized_weights:
             raise ModelLoadError("use_packed_batch_gemm: call once, after use_quantized_weights switched layers")
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, Linear) and module.quantized is not None:
-                dtype = head if name == "lm_head" else layers
                 module.weight = nn.Parameter(pack_weight(module.weight, dtype), requires_grad=False)
         if self._quantized_lm_head is not None and self.lm_head is None:  # an untied head is a Linear
             table = self.model.embed_tokens.weight
-            self._gemm_lm_head = table.detach() if head == torch.float32 else pack_weight(table, head)
-        self.batch_gemm = (layers, head)
+            self._gemm_lm_head = table.detach() if dtype == torch.float32 else pack_weight(table, dtype)
+        self.batch_gemm = dtype
 
     @torch.no_grad()
     def random_init_(self, std: float = 0.02, seed: int | None = 0) -> LlamaForCausalLM:
