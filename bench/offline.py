@@ -165,7 +165,7 @@ def _profile_summary(profiler: cProfile.Profile, elapsed: float) -> list[tuple[s
     # (function names, count their callees too): leaf ops by own time, composite steps by cumulative time
     buckets: dict[str, tuple[tuple[str, ...], bool]] = {
         "torch linear (fp32 MKL; dequantized path)": (("linear",), False),
-        "oneDNN GEMMs on packed weights past 16 rows (lm_head too)": (("packed_linear",), True),
+        "oneDNN GEMMs on packed weights past 48 rows (lm_head too)": (("packed_linear",), True),
         "quantized GEMV kernel (Q4_1 layers, Q8_0 lm_head)": (("q4_1_linear", "q8_0_linear"), False),
         "dequantize for large batches": (("q4_1_dequantize", "q8_0_dequantize"), False),
         "paged attention (C++ kernel on CPU fp32, else torch)": (("paged_attention",), True),

@@ -23,7 +23,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="auto", choices=["auto", "native", "dequantized"],
                         help="GGUF Q4_1/Q8_0 weights: computed from their blocks (native, CPU) or as fp32 copies")  # fmt: skip
     parser.add_argument("--batch-matmul", default="float32", choices=["float32", "bfloat16"],
-                        help="native weights, GEMMs of > 16 rows: oneDNN on packed fp32 or bf16 weights (bf16: less exact)")  # fmt: skip
+                        help="native weights, GEMMs of > 48 rows: oneDNN on packed fp32 or bf16 weights (bf16: less exact)")  # fmt: skip
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--no-prefix-caching", action="store_true")

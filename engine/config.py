@@ -47,7 +47,7 @@ class EngineConfig:
     CPU kernels; CPU + float32 only), ``dequantized`` (fp32 copies: the parity reference) or
     ``auto`` (native when the model, device and CPU allow it, else dequantized)."""
     batch_matmul: str = "float32"
-    """GEMMs of more than ``KERNEL_MAX_ROWS`` (16) rows (prefill chunks, large decode batches) when
+    """GEMMs of more than ``KERNEL_MAX_ROWS`` (48) rows (prefill chunks, large decode batches) when
     weights are native run oneDNN on weights packed at load, in place of the fp32 copies:
     ``float32`` (fp32 numerics; 2-4x torch's MKL ``linear`` on AMD CPUs) or ``bfloat16`` (inputs
     and outputs rounded to bf16, fp32 accumulation; half the weight memory and faster prefill,

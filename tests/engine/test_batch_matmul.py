@@ -152,9 +152,9 @@ def test_model_with_packed_gemm_matches_fp32(
 
     monkeypatch.setattr("shoal.engine.models.llama.packed_linear", spy)
     runners = PagedRunner(native), PagedRunner(reference)
-    prompt = [(i * 7919) % 1000 + 3 for i in range(40)]
-    a, b = (runner.step({0: prompt, 1: prompt[:5]}) for runner in runners)  # 45 rows: the GEMMs
-    assert {n for n, _ in calls} == {45} and {d for _, d in calls} == {dtype}
+    prompt = [(i * 7919) % 1000 + 3 for i in range(KERNEL_MAX_ROWS + 12)]
+    a, b = (runner.step({0: prompt, 1: prompt[:5]}) for runner in runners)  # the GEMMs
+    assert {n for n, _ in calls} == {KERNEL_MAX_ROWS + 17} and {d for _, d in calls} == {dtype}
     torch.testing.assert_close(a, b, atol=logits_atol, rtol=0)
     calls.clear()
     a, b = (runner.step({0: [7], 1: [9]}) for runner in runners)  # 2 rows: the quantized kernel

@@ -2,9 +2,9 @@
 
 At small batches the C++ kernel reads the blocks and dequantizes them in registers (4-7x fewer
 bytes than fp32 weights); past :data:`KERNEL_MAX_ROWS` rows :func:`quant_linear` dequantizes the
-weight for the call and uses torch's GEMM (the model's layers keep an fp32 copy for those sizes
-instead, which was faster at batch 64). :func:`reference_linear` is
-the pure-torch reference the tests compare against.
+weight for the call and uses torch's GEMM (the model's layers keep packed weights for oneDNN's
+GEMM instead: :mod:`~shoal.engine.kernels.cpu.batch_matmul`). :func:`reference_linear` is the
+pure-torch reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from shoal.engine.kernels.cpu.build import quant_kernels
 
 BLOCK = 32
 BLOCK_BYTES = {"Q4_1": 20, "Q8_0": 34}
-KERNEL_MAX_ROWS = 16
-"""Up to this many rows the kernel wins (2x fp32 at 16 rows sweeping all 30 layers of SmolLM2-135M,
-cache-cold; mixed at 32); above, dequantize + fp32 GEMM."""
+KERNEL_MAX_ROWS = 48
+"""Up to this many rows the kernel wins against oneDNN's fp32 GEMM on packed weights
+(``bench/gemm_crossover.py``, all 30 layers of SmolLM2-135M in turn: 30.4 vs 33.7 ms at 48 rows,
+a tie at 56, 40.7 vs 39.4 at 64; its 49152x576 head against the GEMM on the unpacked table: 7.9 vs
+8.7 ms at 48, a tie at 64); above, a GEMM."""
 _DEQUANT_CHUNK_ROWS = 8192  # bounds the fp32 scratch of the fallback (lm_head: 49152 rows)
 
 
