@@ -253,8 +253,10 @@ def main() -> int:
         plan = [p for p in plan if p[1].startswith("batch") == (args.only == "batch")]
     rows: dict[str, dict] = {}
     with console.status("benchmarking...") as status:
-        for _ in range(args.repeats):
+        for round_index in range(args.repeats):
             for worker, mode, weights, variant, batch, profile in plan:
+                if round_index and (profile or (mode == "batch" and weights == "dequantized")):
+                    continue  # breakdowns and the batch's agreement reference: one run is enough
                 status.update(f"running {worker} {mode} {weights} {variant} b{batch}...")
                 args.mode, args.weights, args.variant, args.batch, args.profile = mode, weights, variant, batch, profile
                 row = run_worker(worker, args)
@@ -309,7 +311,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
         "(both engines; `python -m shoal.engine` sets PASSIVE)",
         f"- Shoal defaults chosen (no tuning flags): {json.dumps((batch or single or {}).get('defaults'))}",
-        f"- each row is the fastest of {args.repeats} run(s); the engines alternate within a round",
+        f"- each row is the fastest of {args.repeats} run(s), but the profiled rows and shoal-batch-dequantized "
+        "(the batch's agreement reference) run in the first round only; the engines alternate within a round",
         "",
         "| row | Shoal tok/s | transformers tok/s | Shoal / transformers |",
         "|---|---:|---:|---:|",
