@@ -5,8 +5,9 @@ linear. This times the C++ Q4_1/Q8_0 kernel (``engine/kernels/cpu/quant_gemv.cpp
 blocks shaped like the bundled model (30 layers of q, k, v, o, gate, up, down in Q4_1 plus the
 49152x576 LM head, timed in Q4_1 and in Q8_0, the bundled model's) for 1..16 rows, optionally
 against the kernel of another git revision, the sides alternating in every round (best of
-``--rounds``). Then, per layer shape, the kernel against torch's fp32 ``F.linear`` and
-``F.linear`` on bf16 tensors at 8..64 rows, to place ``KERNEL_MAX_ROWS``.
+``--rounds``). Then, per layer shape, the kernel against torch's ``F.linear`` (fp32, and on
+bf16 tensors) and oneDNN on packed fp32/bf16 weights (the engine's GEMM past
+``KERNEL_MAX_ROWS``) at 8..64 rows, to place ``KERNEL_MAX_ROWS``.
 
     python bench/gemv_rows.py                       # kernel rows table + crossover table
     python bench/gemv_rows.py --baseline HEAD~1     # A/B against an earlier kernel
@@ -24,10 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from shoal.engine.kernels.cpu.batch_matmul import pack_weight, packed_linear
 from shoal.engine.kernels.cpu.build import load_extension, quant_kernels
 from shoal.engine.kernels.cpu.quant_linear import BLOCK_BYTES, QuantizedWeight
 
@@ -122,29 +125,39 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x.bfloat16(), weight).float()
 
 
+def each(fn: Callable[[torch.Tensor, Any], object], x: torch.Tensor, weights: list[Any]) -> None:
+    for w in weights:
+        fn(x, w)
+
+
 def crossover_table(linear: Linear, rows_list: list[int], gen: torch.Generator) -> list[str]:
-    """Per shape: the kernel, fp32 F.linear and bf16 F.linear (weights converted once, outside the timing)."""
+    """Per shape, microseconds per call: the kernel, fp32 and bf16 ``F.linear`` and oneDNN on packed
+    fp32 and bf16 weights (the engine's path past KERNEL_MAX_ROWS). Each call cycles through
+    LAYERS copies of a layer's weight, so they come from memory as in a forward pass."""
     shapes = sorted(set(LAYER_SHAPES)) + [(VOCAB, HIDDEN)]
-    lines = [
-        "| shape (out x in) | rows | kernel Q4_1 us | kernel Q8_0 us | F.linear fp32 us | F.linear bf16 us | fastest |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
+    names = ["kernel Q4_1", "kernel Q8_0", "F.linear fp32", "F.linear bf16", "oneDNN fp32", "oneDNN bf16"]
+    lines = [f"| shape (out x in) | rows | {' | '.join(f'{n} us' for n in names)} | fastest |"]
+    lines.append("|---|---:|" + "---:|" * len(names) + "---|")
     for out_features, in_features in shapes:
-        w4 = random_weight("Q4_1", out_features, in_features, gen)
-        w8 = random_weight("Q8_0", out_features, in_features, gen)
-        dense = w4.dequantize()
-        dense16 = dense.bfloat16()
+        copies = 1 if out_features == VOCAB else LAYERS
+        w4 = [random_weight("Q4_1", out_features, in_features, gen) for _ in range(copies)]
+        w8 = [random_weight("Q8_0", out_features, in_features, gen) for _ in range(copies)]
+        dense = [w.dequantize() for w in w4]
+        sides: dict[str, tuple[Callable[[torch.Tensor, Any], object], list[Any]]] = {
+            "kernel Q4_1": (linear, w4),
+            "kernel Q8_0": (linear, w8),
+            "F.linear fp32": (F.linear, dense),
+            "F.linear bf16": (bf16_linear, [w.bfloat16() for w in dense]),
+            "oneDNN fp32": (packed_linear, [pack_weight(w, torch.float32) for w in dense]),
+            "oneDNN bf16": (packed_linear, [pack_weight(w, torch.bfloat16) for w in dense]),
+        }
         for rows in rows_list:
             x = torch.randn(rows, in_features)
-            times = {
-                "kernel Q4_1": time_call(linear, x, w4),
-                "kernel Q8_0": time_call(linear, x, w8),
-                "fp32": time_call(F.linear, x, dense),
-                "bf16": time_call(bf16_linear, x, dense16),
-            }
+            times = {name: time_call(each, fn, x, weights) / copies for name, (fn, weights) in sides.items()}
             fastest = min(times, key=lambda k: times[k])
             cells = " | ".join(f"{t * 1e6:.0f}" for t in times.values())
             lines.append(f"| {out_features}x{in_features} | {rows} | {cells} | {fastest} |")
+        del sides, dense
     return lines
 
 
@@ -182,9 +195,11 @@ def main() -> None:
         table = crossover_table(current, [int(r) for r in args.crossover_rows.split(",")], gen)
         extra = [
             "",
-            "Per layer shape (one call, best of 3 batches): the kernel from blocks, torch fp32 `F.linear` on the "
-            "dequantized weight, and `F.linear` on bf16 copies (`x.bfloat16()`, weight converted once, output "
-            "`.float()`).",
+            f"Per layer shape, us per call (best of 3 batches; each batch cycles through {LAYERS} copies of the "
+            "layer's weight, so weights come from memory as in a forward pass; the head has one copy): the kernel "
+            "from blocks; torch `F.linear` on the dequantized fp32 weight and on bf16 copies (`x.bfloat16()`, "
+            "output `.float()`); oneDNN on weights packed at load in fp32 and bf16 "
+            "(`engine/kernels/cpu/batch_matmul.py`, the engine's GEMM past `KERNEL_MAX_ROWS`).",
             "",
             *table,
         ]
