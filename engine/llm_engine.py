@@ -11,6 +11,7 @@ from typing import Any
 from shoal.engine.block_manager import BlockManager
 from shoal.engine.config import EngineConfig
 from shoal.engine.errors import DuplicateRequestError, PromptTooLongError, StepFailedError
+from shoal.engine.kernels.cpu.quant_linear import KERNEL_MAX_ROWS
 from shoal.engine.model_runner import ModelRunner, SampleRequest
 from shoal.engine.outputs import EngineStats, RequestOutput
 from shoal.engine.programs import ProgramRetention
@@ -61,7 +62,11 @@ class LLMEngine:
         self.speculator = None
         if config.speculation is not None:
             cost = TOKEN_COST.get(self.runner.device.type, TOKEN_COST["cpu"])
-            self.speculator = Speculator(config.speculation, token_cost=cost)
+            # quantized weights: keep verification inside the kernel's row-independent range
+            quantized = bool(getattr(self.runner.model, "uses_quantized_weights", False))
+            self.speculator = Speculator(
+                config.speculation, token_cost=cost, max_step_rows=KERNEL_MAX_ROWS if quantized else None
+            )
         self._requests: dict[str, RequestState] = {}
         self._arrivals = itertools.count()
         self._prompt_tokens = 0

@@ -77,10 +77,22 @@ def best_draft_size(acceptance: float, cost: Callable[[int], float], max_tokens:
 
 class Speculator:
     def __init__(
-        self, config: SpeculationConfig, token_cost: float = TOKEN_COST["cpu"], step_cost: StepCostModel | None = None
+        self,
+        config: SpeculationConfig,
+        token_cost: float = TOKEN_COST["cpu"],
+        step_cost: StepCostModel | None = None,
+        max_step_rows: int | None = None,
     ) -> None:
-        """``token_cost``: the prior of the step cost model (``step_cost``, new when None)."""
+        """``token_cost``: the prior of the step cost model (``step_cost``, new when None).
+
+        ``max_step_rows``: most query rows a decode step may reach with its drafts (None: no cap).
+        The engine sets it when its model computes up to that many rows with a kernel whose
+        every row is independent of the others (quantized weights on CPU): past it a GEMM with
+        other rounding would run, and a verified token could differ in its last bit from the
+        one a plain decode computes.
+        """
         self.config = config
+        self.max_step_rows = max_step_rows
         self.drafter = create_drafter(config)
         self.step_cost = step_cost if step_cost is not None else StepCostModel(token_cost)
         self.acceptance = AcceptanceModel()
@@ -118,6 +130,8 @@ class Speculator:
             acceptance = self.acceptance.estimate(seq.seq_id, draft.source)
             size = best_draft_size(acceptance, partial(self.step_cost.relative, rows), len(draft), others)
             size = self._back_off(seq) if size == 0 else self._pays(seq, size)
+            if self.max_step_rows is not None:
+                size = min(size, max(0, self.max_step_rows - rows))
             if size:
                 seq.draft = draft.truncated(size)
                 rows += size

@@ -288,3 +288,19 @@ def test_a_request_whose_drafts_miss_does_not_retry_every_new_source() -> None:
         model.update(1, "own:1", 0, 1)
     assert model.estimate(1, "own:2") < 0.2, "the request's record stands in for a source the engine never saw"
     assert model.estimate(2, "own:2") == model.engine_rate("own:2"), "another request starts from the prior"
+
+
+def test_drafts_keep_the_step_within_max_step_rows() -> None:
+    # quantized weights on CPU: past the kernel's rows a GEMM with other rounding would verify
+    spec = Speculator(SpeculationConfig(max_draft_tokens=8, max_depth=6, max_batch_size=8), max_step_rows=10)
+    seqs = [_running([1, 2, 3, 1, 2, 3, 1, 2], num_prompt=4) for _ in range(4)]
+    for seq in seqs:
+        spec.acceptance.update(seq.seq_id, "own:3", 6, 6)  # drafts that always pay
+    spec.propose(seqs, max_model_len=100)
+    rows = sum(1 + (len(s.draft) if s.draft is not None else 0) for s in seqs)
+    assert rows == 10 and seqs[0].draft is not None
+    uncapped = Speculator(SpeculationConfig(max_draft_tokens=8, max_depth=6, max_batch_size=8))
+    for seq in seqs:
+        uncapped.acceptance.update(seq.seq_id, "own:3", 6, 6)
+    uncapped.propose(seqs, max_model_len=100)
+    assert sum(1 + (len(s.draft) if s.draft is not None else 0) for s in seqs) > 10
