@@ -63,7 +63,7 @@ class LLMEngine:
         if config.speculation is not None:
             cost = TOKEN_COST.get(self.runner.device.type, TOKEN_COST["cpu"])
             # quantized weights: keep verification inside the kernel's row-independent range
-            quantized = bool(getattr(self.runner.model, "uses_quantized_weights", False))
+            quantized = self.runner.model.uses_quantized_weights
             self.speculator = Speculator(
                 config.speculation, token_cost=cost, max_step_rows=KERNEL_MAX_ROWS if quantized else None
             )
